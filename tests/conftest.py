@@ -1,0 +1,65 @@
+"""Fixtures for the test tiers: core units, in-process ComfyUI, the live server, the frontend."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+SUPPORT = Path(__file__).resolve().parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+import harness  # noqa: E402
+
+REPO = harness.REPO
+# The core package is imported as `continuity`. The repo root goes at the *end* of sys.path: it
+# holds a `nodes/` package that must never shadow ComfyUI's `nodes` module.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+FACES = REPO / "examples" / "faces"
+ARTIFACTS = Path(os.environ.get("CONTINUITY_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """Real face photos (DeepFace's unit-test images, MIT; see examples/faces/README.md)."""
+    return FACES
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """ComfyUI 0.3.75 in this process, with Continuity and the tiny-model test nodes loaded."""
+    base = harness.make_base_dir(tmp_path_factory.mktemp("comfy-inproc"))
+    return harness.InProcessComfy(base).start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, artifacts_dir):
+    """A live ComfyUI server (``main.py --cpu``) on a free loopback port."""
+    base = harness.make_base_dir(tmp_path_factory.mktemp("comfy-server"))
+    srv = harness.LiveServer(base, artifacts_dir / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_factory(tmp_path_factory):
+    """Starts headless Chromium sessions; all are stopped at the end."""
+    started = []
+
+    def make(url: str, **kw) -> harness.Browser:
+        b = harness.Browser(tmp_path_factory.mktemp("chromium-profile")).start(url, **kw)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()

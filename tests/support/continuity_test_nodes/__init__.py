@@ -1,0 +1,34 @@
+"""Test-only ComfyUI node pack: tiny random-weight MODEL, CLIP and VAE (never shipped to users).
+
+The tests link this folder into the test ComfyUI's custom_nodes beside Continuity, so graphs can
+run real sampling without any downloaded weights.
+"""
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tiny_models  # noqa: E402
+
+
+@functools.lru_cache(maxsize=4)
+def _models(seed: int, inpaint: bool):
+    return (tiny_models.tiny_model(seed, in_channels=9 if inpaint else 4),
+            tiny_models.tiny_clip(seed), tiny_models.tiny_vae(seed))
+
+
+class ContinuityTestTinyModels:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                             "inpaint_model": ("BOOLEAN", {"default": False})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed, inpaint_model):
+        return _models(seed, inpaint_model)
+
+
+NODE_CLASS_MAPPINGS = {"ContinuityTestTinyModels": ContinuityTestTinyModels}
