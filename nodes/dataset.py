@@ -42,12 +42,12 @@ class LoadImageFolder(io.ComfyNode):
                                 tooltip="Extension of the caption files beside the images."),
             ],
             outputs=[
-                io.Image.Output("images", is_output_list=True,
+                io.Image.Output("images", display_name="images", is_output_list=True,
                                 tooltip="One IMAGE per file (list mode) or one batch (batch mode)."),
-                io.Mask.Output("masks", is_output_list=True, tooltip="1 - alpha, as LoadImage gives it."),
-                io.String.Output("filenames", is_output_list=True, tooltip="File names relative to the folder."),
-                io.String.Output("captions", is_output_list=True, tooltip="Caption text of each image ('' if none)."),
-                io.Int.Output("count", tooltip="Number of images loaded."),
+                io.Mask.Output("masks", display_name="masks", is_output_list=True, tooltip="1 - alpha, as LoadImage gives it."),
+                io.String.Output("filenames", display_name="filenames", is_output_list=True, tooltip="File names relative to the folder."),
+                io.String.Output("captions", display_name="captions", is_output_list=True, tooltip="Caption text of each image ('' if none)."),
+                io.Int.Output("count", display_name="count", tooltip="Number of images loaded."),
             ],
         )
 

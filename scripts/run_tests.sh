@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The test command: builds the test environment if needed, then runs every tier of the tests
+# (core units, in-process ComfyUI, the live server, the frontend in headless Chromium).
+# Extra arguments go to pytest, e.g. `bash scripts/run_tests.sh -k faces`.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+start=$(date +%s)
+bash scripts/setup_test_env.sh
+echo "environment ready in $(( $(date +%s) - start )) s"
+
+# Debian's Chromium for the frontend tier.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is not installed and cannot be installed here: the frontend tests will be skipped" >&2
+  fi
+fi
+if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "CI needs chromium for the frontend tier" >&2
+  exit 1
+fi
+
+VENV="${CONTINUITY_ENV:-$REPO/.testenv}/venv"
+t0=$(date +%s)
+set +e
+"$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+echo "tests ran in $(( $(date +%s) - t0 )) s"
+if [ "$rc" = "5" ]; then
+  echo "no tests were collected" >&2
+  exit 1
+fi
+exit "$rc"

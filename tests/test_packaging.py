@@ -1,0 +1,85 @@
+"""The pack's packaging and architecture rules, checked on every run."""
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _requirement_names(lines):
+    out = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def test_requirements_and_pyproject_agree():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    req = _requirement_names((REPO / "requirements.txt").read_text().splitlines())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert sorted(req) == sorted(project["project"]["dependencies"])
+    for r in req:
+        name = re.split(r"[<>=!~\[ ;]", r, 1)[0].lower()
+        assert name not in ("torch", "torchvision", "torchaudio"), f"{r}: ComfyUI owns torch; never pull it"
+        if name == "numpy":
+            assert r.strip().lower() == "numpy", "never pin numpy: it breaks other packs"
+    assert "comfyui" not in project["project"]["name"].lower()
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and (REPO / comfy["Icon"]).is_file()
+    assert project["project"]["urls"]["Repository"]
+
+
+def test_entry_point_only_v3():
+    tree = ast.parse((REPO / "__init__.py").read_text())
+    names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+             if isinstance(t, ast.Name)}
+    funcs = {n.name for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
+    assert "NODE_CLASS_MAPPINGS" not in names and "comfy_entrypoint" in funcs and "WEB_DIRECTORY" in names
+
+
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server",
+                 "execution", "node_helpers", "latent_preview"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "continuity").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_core_is_free_of_comfyui(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            mods = [node.module or ""]
+        else:
+            continue
+        for m in mods:
+            assert m.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {m}: the core must not depend on ComfyUI"
+
+
+def test_no_shell_anywhere():
+    for path in list((REPO / "continuity").rglob("*.py")) + list((REPO / "nodes").rglob("*.py")):
+        text = path.read_text()
+        assert "shell=True" not in text, path
+        assert "os.system(" not in text and "os.popen(" not in text, path
+
+
+@pytest.mark.comfy
+def test_every_node_is_documented(comfy):
+    import nodes
+    ours = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("Continuity") and "Test" not in k}
+    assert ours
+    for node_id, cls in ours.items():
+        schema = cls.define_schema()
+        assert schema.node_id == node_id
+        assert schema.display_name and schema.display_name.endswith("(Continuity)"), node_id
+        assert schema.category.startswith("Continuity"), node_id
+        assert schema.description, f"{node_id} has no description"
+        for inp in schema.inputs or []:
+            assert getattr(inp, "tooltip", None), f"{node_id} input '{inp.id}' has no tooltip"
