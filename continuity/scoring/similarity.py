@@ -1,0 +1,288 @@
+"""Face similarity of candidate images to reference portraits, per identity model.
+
+For every image: detect faces once, pick one by the policy (largest, or the one inside a mask),
+embed it once per model (cached by image content), then cosine similarity to each reference.
+A candidate without a face gets no score (``None``) and a flag, never a made-up number; a
+reference without a face is an error naming that image.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ContinuityError
+from ..faces.base import Face, as_uint8_rgb
+from .cache import EmbeddingCache, content_hash
+
+POLICIES = ("largest", "in_mask", "only_one")
+
+default_cache = EmbeddingCache()
+
+
+# --------------------------------------------------------------------------- detection
+
+class _DlibHOG:
+    """Fallback detector (dlib's HOG, no model file) if the face module offers none."""
+
+    name = "dlib-hog"
+
+    def __init__(self):
+        import dlib
+        self._det = dlib.get_frontal_face_detector()
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        rgb = as_uint8_rgb(rgb)
+        up = 1 if max(rgb.shape[:2]) < 640 else 0
+        with self._lock:
+            rects, scores, _ = self._det.run(rgb, up, 0.0)
+        faces = [Face(box=(float(r.left()), float(r.top()), float(r.right()), float(r.bottom())),
+                      score=float(s), backend=self.name) for r, s in zip(rects, scores)]
+        return sorted(faces, key=lambda f: -f.area)
+
+
+_detectors: dict[str, object] = {}
+_det_lock = threading.Lock()
+
+
+def get_face_detector(name: str = "dlib"):
+    """The face module's detector (``continuity.faces.get_detector``), or dlib's HOG meanwhile."""
+    with _det_lock:
+        if name not in _detectors:
+            try:
+                from ..faces import get_detector  # the face-analysis module (issue 3)
+            except ImportError:
+                get_detector = None
+            _detectors[name] = get_detector(name) if get_detector is not None else _DlibHOG()
+        return _detectors[name]
+
+
+# --------------------------------------------------------------------------- picking a face
+
+def _mask_share(face: Face, mask: np.ndarray) -> float:
+    h, w = mask.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    return float(np.asarray(mask[y0:y1, x0:x1], np.float32).mean())
+
+
+def pick_face(faces: list[Face], policy: str, mask: np.ndarray | None = None) -> tuple[int | None, str]:
+    """Index of the face to use and a note ('' if fine, else why none was used)."""
+    if not faces:
+        return None, "no face found"
+    if policy == "only_one":
+        if len(faces) > 1:
+            return None, f"{len(faces)} faces found (policy only_one)"
+        return 0, ""
+    if policy == "in_mask" and mask is not None and float(np.max(mask)) > 0:
+        shares = [_mask_share(f, mask) for f in faces]
+        best = int(np.argmax(shares))
+        if shares[best] <= 0.05:
+            return None, "no face inside the mask"
+        return best, ""
+    return int(np.argmax([f.area for f in faces])), ""
+
+
+# --------------------------------------------------------------------------- embedding
+
+@dataclass
+class FaceEmbedding:
+    """What scoring one image with one model found."""
+    found: bool
+    n_faces: int
+    face_index: int | None
+    box: tuple[float, float, float, float] | None
+    embedding: np.ndarray | None         # (dim,) L2-normalised, None when no face was used
+    note: str = ""
+
+
+def _detect_cached(rgb: np.ndarray, h: str, detector, cache: EmbeddingCache) -> list[Face]:
+    key = ("faces", h, getattr(detector, "name", type(detector).__name__))
+    faces = cache.get(key)
+    if faces is None:
+        faces = list(detector.detect(rgb))
+        cache.put(key, faces)
+    return faces
+
+
+def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: str = "largest",
+                 masks: list[np.ndarray | None] | None = None, cache: EmbeddingCache | None = None,
+                 progress=None) -> list[FaceEmbedding]:
+    """One :class:`FaceEmbedding` per image; each image detected once and embedded once per model.
+
+    Chips of all images that are not cached are embedded in one batch where the model allows.
+    """
+    if policy not in POLICIES:
+        raise ContinuityError(f"unknown face policy '{policy}'; choose one of {', '.join(POLICIES)}", input="face_policy")
+    cache = default_cache if cache is None else cache
+    detector = detector or get_face_detector("dlib")
+    masks = list(masks or [])
+    results: list[FaceEmbedding | None] = [None] * len(images)
+    pending: list[tuple[int, tuple, FaceEmbedding]] = []
+    chips: list[np.ndarray] = []
+    for i, img in enumerate(images):
+        rgb = as_uint8_rgb(img)
+        mask = masks[i] if i < len(masks) else None
+        if mask is not None and mask.shape[:2] != rgb.shape[:2]:
+            raise ContinuityError(f"the mask of image {i} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                  f"{rgb.shape[1]}x{rgb.shape[0]}", input="mask")
+        h = content_hash(rgb)
+        mkey = content_hash(mask) if (policy == "in_mask" and mask is not None) else "-"
+        key = ("emb", h, embedder.name, getattr(embedder, "model_path", ""), policy, mkey)
+        hit = cache.get(key)
+        if hit is not None:
+            results[i] = hit
+            continue
+        faces = _detect_cached(rgb, h, detector, cache)
+        idx, note = pick_face(faces, policy, mask)
+        if idx is None:
+            res = FaceEmbedding(False, len(faces), None, None, None, note)
+            results[i] = res
+            cache.put(key, res)
+        else:
+            f = faces[idx]
+            res = FaceEmbedding(True, len(faces), idx, tuple(float(v) for v in f.box), None, "")
+            chips.extend(embedder.chips(rgb, [f]))
+            pending.append((i, key, res))
+        if progress:
+            progress(i + 1, len(images))
+    if pending:
+        vecs = embedder.embed_chips(chips)
+        for (i, key, res), v in zip(pending, vecs):
+            res.embedding = np.asarray(v, np.float32)
+            results[i] = res
+            cache.put(key, res)
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- scores
+
+def _nan_to_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+@dataclass
+class ModelScores:
+    model: str
+    threshold: float
+    sims: np.ndarray                      # (n_candidates, n_references), NaN where no face
+    ref_sims: np.ndarray                  # (n_references, n_references)
+    candidates: list[FaceEmbedding]
+    references: list[FaceEmbedding]
+
+    @property
+    def mean(self) -> list[float | None]:
+        return [None if not c.found else float(np.mean(row)) for c, row in zip(self.candidates, self.sims)]
+
+    @property
+    def max(self) -> list[float | None]:
+        return [None if not c.found else float(np.max(row)) for c, row in zip(self.candidates, self.sims)]
+
+    @property
+    def baseline(self) -> float | None:
+        """Mean similarity of the references among themselves (None with one reference)."""
+        n = self.ref_sims.shape[0]
+        if n < 2:
+            return None
+        iu = np.triu_indices(n, 1)
+        return float(self.ref_sims[iu].mean())
+
+    def calibrated(self, value: float | None) -> float | None:
+        """0 at the model's threshold, 1 when as close as the references are to each other."""
+        b = self.baseline
+        if value is None or b is None or b - self.threshold <= 1e-6:
+            return None
+        return float((value - self.threshold) / (b - self.threshold))
+
+    def verdicts(self) -> list[bool | None]:
+        return [None if m is None else bool(m >= self.threshold) for m in self.mean]
+
+    def rows(self) -> list[dict]:
+        out = []
+        for i, (c, m, mx) in enumerate(zip(self.candidates, self.mean, self.max)):
+            out.append({
+                "index": i, "model": self.model, "face_found": c.found, "faces": c.n_faces,
+                "face_used": c.face_index, "box": list(c.box) if c.box else None,
+                "per_reference": None if not c.found else [float(v) for v in self.sims[i]],
+                "mean": m, "max": mx, "threshold": self.threshold, "same_person": None if m is None else m >= self.threshold,
+                "calibrated": self.calibrated(m),
+                "as_close_as_references": None if (m is None or self.baseline is None) else m >= self.baseline,
+                "note": c.note,
+            })
+        return out
+
+
+@dataclass
+class ScoreSet:
+    """Scores of one named candidate set against the references, for one or more models."""
+    name: str
+    models: dict[str, ModelScores]
+    filenames: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)   # model -> why it did not run
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.models.values())).candidates) if self.models else 0
+
+    def summary(self) -> list[dict]:
+        out = []
+        for name, ms in self.models.items():
+            vals = [v for v in ms.mean if v is not None]
+            out.append({
+                "set": self.name, "model": name, "count": len(ms.candidates), "scored": len(vals),
+                "faces_missing": sum(1 for c in ms.candidates if not c.found),
+                "mean": float(np.mean(vals)) if vals else None,
+                "std": float(np.std(vals)) if vals else None,
+                "threshold": ms.threshold, "reference_baseline": ms.baseline,
+                "calibrated_mean": ms.calibrated(float(np.mean(vals))) if vals else None,
+                "passing": sum(1 for v in vals if v >= ms.threshold),
+            })
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "set": self.name, "filenames": self.filenames, "summary": self.summary(),
+            "unavailable_models": self.unavailable,
+            "models": {k: {"threshold": v.threshold, "reference_baseline": v.baseline,
+                           "reference_similarities": v.ref_sims.tolist(),
+                           "candidates": [dict(r, file=(self.filenames[r["index"]] if r["index"] < len(self.filenames) else None))
+                                          for r in v.rows()]}
+                       for k, v in self.models.items()},
+        }
+
+
+def score_set(references: list[np.ndarray], candidates: list[np.ndarray], embedders: list, *,
+              name: str = "set", filenames: list[str] | None = None, policy: str = "largest",
+              masks: list[np.ndarray | None] | None = None, reference_names: list[str] | None = None,
+              detector=None, cache: EmbeddingCache | None = None, progress=None) -> ScoreSet:
+    """Score ``candidates`` against ``references`` with each embedder."""
+    if not references:
+        raise ContinuityError("no reference image given", input="references")
+    if not candidates:
+        raise ContinuityError("no candidate image given", input="candidates")
+    models: dict[str, ModelScores] = {}
+    for emb in embedders:
+        refs = embed_images(references, emb, detector=detector, policy="largest", cache=cache)
+        for j, r in enumerate(refs):
+            if not r.found:
+                label = reference_names[j] if reference_names and j < len(reference_names) else f"#{j}"
+                raise ContinuityError(f"no face found in reference image {label} "
+                                      f"({references[j].shape[1]}x{references[j].shape[0]}); use a clear portrait",
+                                      input="references")
+        cands = embed_images(candidates, emb, detector=detector, policy=policy, masks=masks, cache=cache,
+                             progress=progress)
+        R = np.stack([r.embedding for r in refs])
+        sims = np.full((len(cands), len(refs)), np.nan, np.float32)
+        for i, c in enumerate(cands):
+            if c.found:
+                sims[i] = R @ c.embedding
+        models[emb.name] = ModelScores(emb.name, float(emb.threshold), sims, R @ R.T, cands, refs)
+    return ScoreSet(name, models, list(filenames or []))

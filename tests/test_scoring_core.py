@@ -1,0 +1,157 @@
+"""Identity scoring core: embedders, similarity, calibration (no ComfyUI)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from continuity.errors import ContinuityError, MissingModelError
+from continuity.faces import embedders
+from continuity.faces.embedders import get_embedder
+from continuity.scoring import calibration, similarity
+from continuity.scoring.cache import EmbeddingCache, content_hash
+
+
+def _load(path, max_side=None):
+    img = Image.open(path).convert("RGB")
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side))
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def dlib_model():
+    return get_embedder("dlib")
+
+
+def test_pairs_auc_and_accuracy_at_documented_threshold(faces_dir, dlib_model):
+    res = calibration.evaluate_pairs(str(faces_dir / "pairs.csv"), dlib_model)
+    print(f"\npairs: AUC={res['roc_auc']:.4f} accuracy@{res['threshold']}={res['accuracy']:.4f} "
+          f"same={res['same_mean']:.3f} different={res['different_mean']:.3f}")
+    assert res["pairs"] == 300 and res["scored"] == 300 and res["no_face"] == []
+    assert res["threshold"] == embedders.MODELS["dlib"]["threshold"] == 0.93
+    assert res["roc_auc"] >= 0.99
+    assert res["accuracy"] >= 0.97
+    # raw cosine of dlib embeddings is high even for different people: reported, not hidden
+    assert 0.7 < res["different_mean"] < res["same_mean"]
+
+
+def test_roc_auc_matches_definition():
+    rng = np.random.default_rng(1)
+    s = rng.random(40)
+    y = rng.random(40) > 0.5
+    pairs = [(a, b) for a in s[y] for b in s[~y]]
+    expected = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+    assert calibration.roc_auc(s, y) == pytest.approx(expected)
+    assert calibration.roc_auc([0.1, 0.9], [False, True]) == 1.0
+    with pytest.raises(ValueError):
+        calibration.roc_auc([0.1, 0.2], [True, True])
+
+
+def test_embedder_is_cached_and_normalised(dlib_model, faces_dir):
+    assert get_embedder("dlib") is dlib_model
+    assert get_embedder(" DLIB ") is dlib_model
+    rgb = _load(faces_dir / "img12.jpg")
+    det = similarity.get_face_detector()
+    faces = det.detect(rgb)
+    assert len(faces) == 1
+    v = dlib_model.embed(rgb, faces)
+    assert v.shape == (1, 128) and v.dtype == np.float32
+    assert np.linalg.norm(v[0]) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ContinuityError, match="unknown identity model"):
+        get_embedder("vgg-nope")
+
+
+def test_missing_weights_say_what_and_where(tmp_path):
+    with pytest.raises(MissingModelError) as e:
+        get_embedder("arcface", models_dir=str(tmp_path))
+    msg = str(e.value)
+    assert "w600k_r50.onnx" in msg and str(tmp_path / "insightface") in msg
+    for name, fname in embedders.DEEPFACE_FILES.items():
+        with pytest.raises(MissingModelError) as e:
+            get_embedder(name, models_dir=str(tmp_path))
+        assert fname in str(e.value) and str(tmp_path / "deepface") in str(e.value)
+    av = {a.name: a for a in embedders.availability(str(tmp_path))}
+    assert av["dlib"].available and not av["arcface"].available and not av["facenet"].available
+    assert "insightface" in av["arcface"].reason
+
+
+def test_score_set_flags_missing_face_and_uses_cache(dlib_model, faces_dir):
+    refs = [_load(faces_dir / n, 800) for n in ("img1.jpg", "img2.jpg", "img4.jpg")]
+    cands = [_load(faces_dir / "img5.jpg", 800), _load(faces_dir / "img3.jpg", 800),
+             np.full((200, 300, 3), 128, np.uint8)]  # grey image: no face
+    cache = EmbeddingCache()
+    calls = {"n": 0}
+
+    class Counting:
+        name, dim, threshold, model_path = "dlib", 128, dlib_model.threshold, "x"
+
+        def chips(self, rgb, faces):
+            return dlib_model.chips(rgb, faces)
+
+        def embed_chips(self, chips):
+            calls["n"] += len(chips)
+            return dlib_model.embed_chips(chips)
+
+    s = similarity.score_set(refs, cands, [Counting()], name="A", cache=cache,
+                             filenames=["img5.jpg", "img3.jpg", "grey.png"])
+    ms = s.models["dlib"]
+    assert calls["n"] == 5                              # 3 refs + 2 candidates with a face
+    assert ms.mean[0] > ms.threshold                     # same person as the references
+    assert ms.mean[1] < ms.threshold                     # someone else
+    assert ms.mean[2] is None and ms.max[2] is None      # no face: no number
+    assert not ms.candidates[2].found and "no face" in ms.candidates[2].note
+    assert ms.verdicts() == [True, False, None]
+    assert ms.baseline is not None and ms.baseline > ms.threshold
+    assert ms.calibrated(ms.baseline) == pytest.approx(1.0)
+    assert ms.calibrated(ms.threshold) == pytest.approx(0.0)
+    summ = s.summary()[0]
+    assert summ["count"] == 3 and summ["scored"] == 2 and summ["faces_missing"] == 1
+    assert summ["mean"] == pytest.approx(np.mean([ms.mean[0], ms.mean[1]]))
+    d = s.to_dict()
+    assert d["models"]["dlib"]["candidates"][2]["mean"] is None
+    assert d["models"]["dlib"]["candidates"][0]["file"] == "img5.jpg"
+    # second run: nothing embedded again (same content), even with copies of the arrays
+    s2 = similarity.score_set([r.copy() for r in refs], [c.copy() for c in cands], [Counting()], cache=cache)
+    assert calls["n"] == 5
+    assert np.allclose(s2.models["dlib"].sims[:2], ms.sims[:2])
+
+
+def test_reference_without_face_is_an_error_naming_it(dlib_model, faces_dir):
+    refs = [_load(faces_dir / "img1.jpg", 600), np.zeros((100, 100, 3), np.uint8)]
+    with pytest.raises(ContinuityError) as e:
+        similarity.score_set(refs, [refs[0]], [dlib_model], reference_names=["a.png", "black.png"])
+    assert "black.png" in str(e.value) and e.value.input == "references"
+
+
+def test_face_policies(faces_dir, dlib_model):
+    couple = _load(faces_dir / "couple.jpg", 1200)
+    faces = similarity.get_face_detector().detect(couple)
+    assert len(faces) >= 2
+    assert similarity.pick_face(faces, "largest")[0] == int(np.argmax([f.area for f in faces]))
+    idx, note = similarity.pick_face(faces, "only_one")
+    assert idx is None and "faces found" in note
+    # the mask selects the other face
+    other = min(range(len(faces)), key=lambda i: faces[i].area)
+    mask = np.zeros(couple.shape[:2], np.float32)
+    x0, y0, x1, y1 = (int(v) for v in faces[other].box)
+    mask[y0:y1, x0:x1] = 1
+    assert similarity.pick_face(faces, "in_mask", mask) == (other, "")
+    empty = np.zeros_like(mask)
+    empty[:5, :5] = 1
+    assert similarity.pick_face(faces, "in_mask", empty)[0] is None
+    res = similarity.embed_images([couple], dlib_model, policy="in_mask", masks=[mask], cache=EmbeddingCache())
+    assert res[0].face_index == other
+    with pytest.raises(ContinuityError):
+        similarity.embed_images([couple], dlib_model, policy="in_mask", masks=[mask[:10]])
+
+
+def test_content_hash_and_input_kinds():
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert content_hash(a) == content_hash(a.copy())
+    b = a.copy()
+    b[0, 0, 0] = 1
+    assert content_hash(a) != content_hash(b)
+    assert content_hash(a.astype(np.float32)) != content_hash(a)
+    c = EmbeddingCache(max_items=2)
+    for k in range(3):
+        c.put(k, k)
+    assert len(c) == 2 and c.get(0) is None and c.get(2) == 2
