@@ -1,0 +1,124 @@
+"""Character nodes inside ComfyUI (in-process): save, load, update, record, info; errors."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.comfy
+
+
+def _write_refs(comfy, folder, n=2, seed=0):
+    d = comfy.base / "input" / folder
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray((rng.random((40, 32, 3)) * 255).astype(np.uint8)).save(d / f"ref{i}.png")
+    return d
+
+
+def _load_folder(folder):
+    return {"class_type": "ContinuityLoadImageFolder",
+            "inputs": {"folder": folder, "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                       "caption_extension": ".txt"}}
+
+
+def _save(name, refs_node=None, **kw):
+    inputs = {"name": name, "trigger_word": kw.pop("trigger_word", ""), "class_phrase": kw.pop("class_phrase", ""),
+              "style": kw.pop("style", "keep"), "threshold": kw.pop("threshold", 0.0), "notes": kw.pop("notes", "")}
+    if refs_node:
+        inputs["references"] = [refs_node, 0]
+    inputs.update(kw)
+    return {"class_type": "ContinuitySaveCharacter", "inputs": inputs}
+
+
+def _files(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, folder)] = os.stat(p).st_mtime_ns
+    return out
+
+
+def test_save_load_update_record_through_graphs(comfy):
+    _write_refs(comfy, "char_refs_a", n=2)
+    res = comfy.run({"1": _load_folder("char_refs_a"),
+                     "2": _save("nina", "1", trigger_word="n1na", class_phrase="woman", style="animated",
+                                threshold=0.55)})
+    char = res.value("2", 0)
+    assert char.revision == 1 and char.style == "animated" and len(char.references) == 2
+    assert "nina (revision 1, animated)" in res.ui["2"]["text"][0]
+    folder = comfy.base / "output" / "continuity" / "characters" / "nina"
+    assert (folder / "manifest" / "000001.json").is_file()
+    before = _files(folder)
+
+    # the dropdown lists the new profile
+    assert "nina" in str(comfy.node_class("ContinuityLoadCharacter").INPUT_TYPES()["required"]["name"])
+
+    # load -> info, and update through the loaded character (name empty)
+    res = comfy.run({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "nina", "revision": 0}},
+        "2": {"class_type": "ContinuityCharacterInfo",
+              "inputs": {"character": ["1", 0], "text": "smiling", "face_model_name": "", "stage": ""}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}},
+        "4": _save("", None, class_phrase="young woman", character=["1", 0]),
+    })
+    assert res.value("1", 1) == "n1na" and res.value("1", 3) == "n1na woman"
+    assert len(res.output("1", 4)) == 2 and tuple(res.output("1", 4)[0].shape) == (1, 40, 32, 3)
+    assert res.value("2", 0) == "n1na woman, smiling"
+    assert res.value("2", 4) == pytest.approx(0.55)
+    assert len(res.ui["3"]["images"]) == 2
+    updated = res.value("4", 0)
+    assert updated.revision == 2 and updated.class_phrase == "young woman" and updated.trigger_word == "n1na"
+
+    # record a LoRA after a training run
+    res = comfy.run({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "nina", "revision": 0}},
+        "2": {"class_type": "ContinuityRecordCharacterResult",
+              "inputs": {"character": ["1", 0], "lora_name": "nina_s1.safetensors", "stage": "1",
+                         "report": '{"mean_similarity": 0.71}'}},
+    })
+    rec = res.value("2", 0)
+    assert rec.revision == 3 and rec.latest_lora()["name"] == "nina_s1.safetensors"
+    assert rec.latest_lora()["report"] == {"mean_similarity": 0.71}
+
+    # the old revision is still loadable, and no file was rewritten
+    res = comfy.run({"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "nina", "revision": 1}},
+                     "2": {"class_type": "ContinuityCharacterInfo",
+                           "inputs": {"character": ["1", 0], "text": "", "face_model_name": "", "stage": ""}},
+                     "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}}})
+    assert res.value("1", 2) == "woman" and res.value("2", 5) == ""
+    after = _files(folder)
+    for rel, mtime in before.items():
+        assert after[rel] == mtime, f"{rel} was rewritten"
+    assert sorted(p for p in after if p.startswith("manifest")) == [
+        "manifest/000001.json", "manifest/000002.json", "manifest/000003.json"]
+
+
+def test_errors_name_node_and_input(comfy):
+    # a new profile without references
+    res = comfy.run({"1": _save("nobody")}, expect_success=False)
+    msg = res.error["exception_message"]
+    assert "Save Character (Continuity)" in msg and "'references'" in msg
+    # a bad name
+    _write_refs(comfy, "char_refs_b", n=1, seed=3)
+    res = comfy.run({"1": _load_folder("char_refs_b"), "2": _save("../escape", "1")}, expect_success=False)
+    msg = res.error["exception_message"]
+    assert "'name'" in msg and "not a valid name" in msg
+    assert not (comfy.base / "output" / "continuity" / "escape").exists()
+    # loading a profile that does not exist / a revision that does not exist: refused at validation
+    ok, err, _, node_errors = comfy.validate({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ghost", "revision": 0}},
+        "2": {"class_type": "ContinuityCharacterInfo",
+              "inputs": {"character": ["1", 0], "text": "", "face_model_name": "", "stage": ""}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}}})
+    assert not ok
+    assert "no character profile 'ghost'" in str(node_errors)
+    # nothing to record
+    res = comfy.run({"1": _load_folder("char_refs_b"), "2": _save("solo", "1")})
+    res = comfy.run({"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "solo", "revision": 0}},
+                     "2": {"class_type": "ContinuityRecordCharacterResult", "inputs": {"character": ["1", 0]}}},
+                    expect_success=False)
+    assert "Record Character Result (Continuity)" in res.error["exception_message"]
+    assert "nothing to record" in res.error["exception_message"]
