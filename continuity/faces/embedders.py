@@ -93,9 +93,25 @@ _lock = threading.RLock()
 _shape_predictors: dict[str, object] = {}
 
 
+def _shared_dlib_backend(name: str, models_dir: str | None):
+    """The face module's cached dlib objects, when our file is the packaged one (no second copy)."""
+    pkg = dlib_models_dir()
+    if pkg and os.path.dirname(_dlib_file(name, models_dir)) == pkg:
+        try:
+            from . import dlib_backend  # the face detector's shared loaders
+        except ImportError:
+            return None
+        return dlib_backend
+    return None
+
+
 def dlib_shape_predictor(points: int = 5, models_dir: str | None = None):
-    """One shared dlib shape predictor per file and process (the face detector may reuse it)."""
-    path = _dlib_file(f"shape_predictor_{points}_face_landmarks.dat", models_dir)
+    """One shared dlib shape predictor per file and process (shared with the face detector)."""
+    name = f"shape_predictor_{points}_face_landmarks.dat"
+    shared = _shared_dlib_backend(name, models_dir)
+    if shared is not None:
+        return shared.shape_predictor(str(points))
+    path = _dlib_file(name, models_dir)
     with _lock:
         if path not in _shape_predictors:
             import dlib
@@ -123,8 +139,10 @@ class DlibResNet128:
     def __init__(self, models_dir: str | None = None):
         import dlib
         self._models_dir = models_dir
-        self.model_path = _dlib_file("dlib_face_recognition_resnet_model_v1.dat", models_dir)
-        self._net = dlib.face_recognition_model_v1(self.model_path)
+        fname = "dlib_face_recognition_resnet_model_v1.dat"
+        self.model_path = _dlib_file(fname, models_dir)
+        shared = _shared_dlib_backend(fname, models_dir)
+        self._net = shared.face_recognition_model() if shared else dlib.face_recognition_model_v1(self.model_path)
         self._sp = dlib_shape_predictor(5, models_dir)
         self._run_lock = threading.Lock()
 
@@ -134,9 +152,12 @@ class DlibResNet128:
         rgb = as_uint8_rgb(rgb)
         out = []
         for f in faces:
-            shape = f.extra.get("dlib_shape5") if f.extra else None
-            if shape is None:
-                shape = self._sp(rgb, _rect(f, rgb.shape[:2]))
+            rect = _rect(f, rgb.shape[:2])
+            if f.landmarks68 is not None:   # the detector's 68 points: no second landmark fit
+                shape = dlib.full_object_detection(
+                    rect, [dlib.point(int(round(x)), int(round(y))) for x, y in np.asarray(f.landmarks68)])
+            else:
+                shape = self._sp(rgb, rect)
             out.append(dlib.get_face_chip(rgb, shape, size=150, padding=0.25))
         return out
 
@@ -160,6 +181,9 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 
 def five_points(rgb: np.ndarray, face: Face, models_dir: str | None = None) -> np.ndarray:
     """Eye centres, nose tip and mouth corners (image-left first), as ArcFace's template wants."""
+    order = (face.extra or {}).get("landmarks5_order")
+    if face.landmarks5 is not None and order and tuple(order)[:2] == ("left_eye", "right_eye"):
+        return np.asarray(face.landmarks5, np.float32)
     lm = face.landmarks68
     if lm is None:
         sp = dlib_shape_predictor(68, models_dir)
@@ -344,6 +368,8 @@ _cache: dict[tuple, object] = {}
 def get_embedder(name: str, models_dir: str | None = None, device: str = "cpu"):
     """The embedder ``name`` (see :data:`MODELS`), loaded once per process and arguments."""
     name = name.lower().strip()
+    if name in ("auto", "default", "builtin", "dlib-resnet128"):
+        name = "dlib"
     if name not in MODELS:
         raise ContinuityError(f"unknown identity model '{name}'; choose one of {', '.join(MODELS)}", input="model")
     key = (name, os.path.realpath(models_dir) if models_dir else None, device)

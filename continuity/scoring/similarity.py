@@ -56,7 +56,10 @@ def get_face_detector(name: str = "dlib"):
                 from ..faces import get_detector  # the face-analysis module (issue 3)
             except ImportError:
                 get_detector = None
-            _detectors[name] = get_detector(name) if get_detector is not None else _DlibHOG()
+            try:
+                _detectors[name] = get_detector(name) if get_detector is not None else _DlibHOG()
+            except TypeError:
+                _detectors[name] = _DlibHOG()
         return _detectors[name]
 
 
