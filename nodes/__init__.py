@@ -22,7 +22,13 @@ def collect_nodes() -> list[type[io.ComfyNode]]:
         except Exception:  # keep the other nodes usable, say loudly what failed
             log.exception("Continuity: could not load nodes/%s.py; its nodes are unavailable", info.name)
             continue
-        found.extend(getattr(module, "NODES", []))
+        for cls in getattr(module, "NODES", []):
+            try:
+                cls.define_schema().validate()
+            except Exception:  # one broken node must not take the whole pack down
+                log.exception("Continuity: node %s in nodes/%s.py has an invalid schema; skipped", cls.__name__, info.name)
+                continue
+            found.append(cls)
     return found
 
 

@@ -175,7 +175,7 @@ class LiveServer:
         root = comfyui_path()
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
-               "--preview-method", "none"]
+               "--preview-method", "none", "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=env,
