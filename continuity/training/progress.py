@@ -1,0 +1,95 @@
+"""Parse sd-scripts' console output into progress events.
+
+stderr carries a tqdm bar rewritten with carriage returns::
+
+    steps:  12%|█▏        | 120/1000 [01:23<10:10, 1.44it/s, avr_loss=0.0834]
+
+stdout carries ``epoch k/M`` and ``saving checkpoint: <file>`` log lines. Output is split on
+both ``\\r`` and ``\\n``; a partial line is kept until its end arrives.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+_STEPS = re.compile(
+    r"steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+    r"\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:]+|\?)(?P<rest>[^\]]*)\]")
+_LOSS = re.compile(r"avr_loss=(?P<loss>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf))")
+_RATE = re.compile(r"(?P<rate>[\d.]+|\?)(?P<unit>it/s|s/it)")
+_EPOCH = re.compile(r"(?:^|\s)epoch (?P<k>\d+)/(?P<m>\d+)\b")
+_SAVE = re.compile(r"saving checkpoint: (?P<file>.+?)\s*$")
+_SAVE_STATE = re.compile(r"saving state at (?:epoch|step) \d+|save(?:d)? (?:train )?state to (?P<dir>.+?)\s*$",
+                         re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    if not text or text == "?":
+        return None
+    parts = [int(p) for p in text.split(":")]
+    secs = 0
+    for p in parts:
+        secs = secs * 60 + p
+    return float(secs)
+
+
+@dataclass
+class Progress:
+    kind: str                       # "step", "epoch", "checkpoint"
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    rate: str | None = None          # e.g. "1.44it/s"
+    epoch: int | None = None
+    epochs: int | None = None
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["loss"] is not None and not math.isfinite(d["loss"]):
+            d["loss"] = None  # JSON has no NaN
+        return d
+
+
+def parse_line(line: str) -> Progress | None:
+    m = _STEPS.search(line)
+    if m:
+        rest = m.group("rest")
+        loss = None
+        lm = _LOSS.search(rest)
+        if lm:
+            try:
+                loss = float(lm.group("loss"))
+            except ValueError:
+                loss = None
+        rm = _RATE.search(rest)
+        return Progress("step", step=int(m.group("n")), total=int(m.group("total")), loss=loss,
+                        elapsed_s=parse_duration(m.group("elapsed")), eta_s=parse_duration(m.group("eta")),
+                        rate=(rm.group(0) if rm else None))
+    m = _EPOCH.search(line)
+    if m:
+        return Progress("epoch", epoch=int(m.group("k")), epochs=int(m.group("m")))
+    m = _SAVE.search(line)
+    if m:
+        return Progress("checkpoint", checkpoint=m.group("file").strip())
+    return None
+
+
+class LineSplitter:
+    """Feed raw text chunks; get complete lines split on ``\\r`` and ``\\n``."""
+
+    def __init__(self):
+        self._buf = ""
+
+    def feed(self, chunk: str) -> list[str]:
+        self._buf += chunk
+        parts = re.split(r"\r\n|\r|\n", self._buf)
+        self._buf = parts.pop()
+        return [p for p in parts if p.strip()]
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf, ""
+        return [rest] if rest.strip() else []
