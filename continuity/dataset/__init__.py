@@ -1,0 +1,1 @@
+"""Dataset stage: composite sheets, square crops, audit, captions, versioned datasets."""
