@@ -130,3 +130,73 @@ def test_refine_stage_trains_on_new_version(tmp_path):
                            launch=fake.launch, refine=refine)
     assert seen == [("second", "job1.safetensors", d)]
     assert res[1].dataset_dir == d2 and res[1].images == 3 and fake.jobs[1]["weights"] == res[0].lora_path
+
+
+def _fake_sd(tmp_path):
+    from fake_sdscripts import _fake_trainer
+    dest = _fake_trainer.install(str(tmp_path / "sd-scripts"))
+    return _fake_trainer, dest
+
+
+def _launcher(tmp_path, char, sd_root, fake, fail_stage=None):
+    import sys
+
+    from continuity import training
+    models = tmp_path / "models" / "checkpoints"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "base.safetensors").write_bytes(b"x")
+    make_job, launch = planlib.launcher_steps(
+        character=char, preset=training.load_preset("sdxl_realistic"), sd_python=sys.executable, sd_root=sd_root,
+        jobs_root=str(tmp_path / "jobs"), loras_root=str(tmp_path / "loras"),
+        models={"pretrained_model_name_or_path": str(models / "base.safetensors")},
+        model_roots=[str(tmp_path / "models")], base_overrides={"max_train_epochs": 1})
+
+    def make(stage, index, items, weights, dataset_dir):
+        fake.set_control(sd_root, {"fail_at_step": 1} if stage.name == fail_stage else {})
+        return make_job(stage, index, items, weights, dataset_dir)
+    return make, launch
+
+
+def test_three_stage_plan_on_fake_sd_scripts(tmp_path):
+    fake, sd_root = _fake_sd(tmp_path)
+    d = _dataset(str(tmp_path / "ds"), {"closeup": 2, "portrait": 1, "expressions": 1, "poses": 1})
+    root = str(tmp_path / "chars")
+    char = charlib.save_profile(root, "lena", trigger_word="l3na", class_phrase="woman",
+                                references=[np.zeros((8, 8, 3), np.float32)])
+    make, launch = _launcher(tmp_path, char, sd_root, fake)
+    results = planlib.run_plan(
+        planlib.parse_plan("three_stage"), dataset_dir=d, make_job=make, launch=launch,
+        on_stage_done=lambda r: charlib.record_lora(root, "lena", lora_name=os.path.basename(r.lora_path),
+                                                    path=r.lora_path, stage=r.index).revision)
+    calls = fake.invocations(sd_root)
+    assert len(calls) == 3
+    # jobs in order, each continuing from the previous stage's LoRA
+    assert "--network_weights" not in calls[0]["argv"]
+    for i in (1, 2):
+        argv = calls[i]["argv"]
+        assert argv[argv.index("--network_weights") + 1] == os.path.realpath(results[i - 1].lora_path)
+    assert all(os.path.isfile(r.lora_path) for r in results)
+    # stage 2 trained the close-ups with 3 repeats
+    toml = open(os.path.join(tmp_path, "jobs", results[1].job, "dataset.toml")).read()
+    assert "num_repeats = 3" in toml
+    assert results[1].images == 2 and results[2].images == 2
+    assert [l["stage"] for l in charlib.load_profile(root, "lena").loras] == [1, 2, 3]
+
+
+def test_fake_sd_scripts_failure_in_stage_two(tmp_path):
+    fake, sd_root = _fake_sd(tmp_path)
+    d = _dataset(str(tmp_path / "ds"), {"closeup": 2, "expressions": 1})
+    root = str(tmp_path / "chars")
+    char = charlib.save_profile(root, "olga", trigger_word="0lga", class_phrase="woman",
+                                references=[np.zeros((8, 8, 3), np.float32)])
+    make, launch = _launcher(tmp_path, char, sd_root, fake, fail_stage="details")
+    with pytest.raises(planlib.PlanFailed) as ei:
+        planlib.run_plan(planlib.parse_plan("three_stage"), dataset_dir=d, make_job=make, launch=launch,
+                         on_stage_done=lambda r: charlib.record_lora(root, "olga", lora_name=os.path.basename(r.lora_path),
+                                                                     path=r.lora_path, stage=r.index).revision)
+    msg = str(ei.value)
+    assert "stage 2 of 3 ('details') failed" in msg and "exited with code 1" in msg and "out of memory" in msg
+    assert "Kept: stage 1 ('appearance')" in msg
+    assert len(fake.invocations(sd_root)) == 2
+    kept = charlib.load_profile(root, "olga").loras
+    assert len(kept) == 1 and kept[0]["stage"] == 1 and os.path.isfile(kept[0]["path"])

@@ -267,3 +267,55 @@ def format_report(plan: Plan, results: list[StageResult], error: str | None = No
         lines.append("FAILED: " + error)
     return "\n".join(lines)
 
+
+
+# ---------------------------------------------------------------------------- the training launcher
+
+def unique_job_name(base: str, taken: Callable[[str], bool]) -> str:
+    """``base`` made a valid job name (letters, digits, '_', '-', '.'; <= 64), with a counter if taken."""
+    import re
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._-")[:56] or "job"
+    if not name[0].isalnum():
+        name = "j" + name
+    cand, n = name, 1
+    while taken(cand):
+        n += 1
+        cand = f"{name}_{n}"
+    return cand
+
+
+def launcher_steps(*, character, preset, sd_python: str, sd_root: str, jobs_root: str, loras_root: str,
+                   models: dict[str, str], model_roots: list[str], base_overrides: dict | None = None,
+                   job_prefix: str = "", on_progress=None, cancel_event=None):
+    """``(make_job, launch)`` for :func:`run_plan` on the training launcher (``continuity.training``).
+
+    Each stage is one job ``<prefix>_<stage>`` (a counter is added if the name is taken) trained on
+    the stage's images and captions, with the character's trigger word and class phrase, the
+    stage's ``repeats`` as ``num_repeats`` and its ``overrides`` over ``base_overrides``; the
+    previous stage's LoRA is passed as ``network_weights`` (allowed inside ``loras_root``).
+    """
+    from .. import training
+    from ..imageio import load_image
+
+    prefix = job_prefix or f"{character.name}_r{character.revision}"
+
+    def taken(name: str) -> bool:
+        return os.path.exists(os.path.join(jobs_root, name)) or os.path.exists(os.path.join(loras_root, name))
+
+    def make_job(stage: Stage, index: int, items: list[Item], weights: str | None, dataset_dir: str):
+        overrides = {**(base_overrides or {}), **stage.overrides}
+        if stage.repeats is not None:
+            overrides["num_repeats"] = stage.repeats
+        overrides = {k: (("true" if v else "false") if isinstance(v, bool) else v) for k, v in overrides.items()}
+        images = [load_image(it.path)[0] for it in items]
+        name = unique_job_name(f"{prefix}_s{index}_{stage.name}", taken)
+        return training.create_job(
+            jobs_root=jobs_root, loras_root=loras_root, job_name=name, preset=preset, overrides=overrides,
+            python=sd_python, sd_scripts_root=sd_root, models=models, model_roots=model_roots, images=images,
+            captions=[it.caption for it in items], token=character.trigger_word, class_phrase=character.class_phrase,
+            network_weights=weights, weight_roots=[loras_root])
+
+    def launch(job) -> str:
+        return training.launch(job, on_progress=on_progress, cancel_event=cancel_event)
+
+    return make_job, launch
