@@ -169,6 +169,15 @@ def resume_argv(job: TrainJob) -> list[str]:
     return argv + ["--resume", state]
 
 
+def _state_step(state_dir: str) -> int:
+    """The step a saved state was taken at (``train_state.json`` written by sd-scripts), or 0."""
+    try:
+        with open(os.path.join(state_dir, "train_state.json"), encoding="utf-8") as fh:
+            return int(json.load(fh).get("current_step", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 def _kill_group(proc: subprocess.Popen, grace: tuple[float, float]) -> None:
     """SIGINT, then SIGTERM, then SIGKILL to the whole process group, waiting between."""
     for sig, wait in ((signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, 10.0)):
@@ -212,6 +221,16 @@ def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None,
     if os.path.exists(job.lora_path):
         raise ContinuityError(f"job '{job.job_id}' already finished: {job.lora_path}", input="resume")
     argv = resume_argv(job) if resume else list(job.argv)
+    offset = _state_step(argv[argv.index("--resume") + 1]) if "--resume" in argv else 0
+    if offset and on_progress is not None:
+        # a resumed run's bar counts the remaining steps from 0: report absolute steps
+        user_cb = on_progress
+
+        def on_progress(ev, _cb=user_cb):
+            if ev.kind == "step" and ev.step is not None and ev.total is not None:
+                ev.step += offset
+                ev.total += offset
+            _cb(ev)
     log_path = fsutil.unique_path(os.path.join(job.job_dir, LOG_DIR), "run", ".log")
     run_env = dict(os.environ if env is None else env)
     run_env["PYTHONUNBUFFERED"] = "1"
