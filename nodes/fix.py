@@ -1,0 +1,264 @@
+"""Face-fix nodes: Crop For Inpaint, Two-Pass Inpaint, Paste Back, and the all-in-one Face Fix.
+
+Thin adapters over ``continuity.geometry`` (crop boxes, float Lanczos resizing, paste-back) and
+ComfyUI's own sampling (``nodes.common_ksampler``, ``nodes.InpaintModelConditioning``), so that
+previews, progress bars, interrupt, samplers and schedulers behave as in KSampler.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.samplers
+
+from ..continuity import geometry
+from ..continuity.errors import ContinuityError
+from . import _common
+from ._types import CATEGORY, FaceModel, Stitch
+
+AREA = f"{CATEGORY}/face fix"
+
+
+# --------------------------------------------------------------------------- shared inputs
+
+def _crop_inputs():
+    return [
+        io.Float.Input("context", default=1.5, min=1.0, max=3.0, step=0.05,
+                       tooltip="Side of the square crop = longest side of the mask's bounding box x this factor. "
+                               "More context helps the model match the surroundings."),
+        io.Int.Input("min_size", default=128, min=8, max=8192, step=8,
+                     tooltip="Smallest crop side in frame pixels, so tiny faces still get some context."),
+        io.Int.Input("target_size", default=1024, min=64, max=4096, step=64,
+                     tooltip="Side of the crop after resizing (Lanczos), a multiple of 64. 1024 for SDXL/Flux, 512-768 for SD1.5."),
+        io.Combo.Input("padding", options=list(geometry.PAD_MODES), default="edge",
+                       tooltip="Where the square crosses the image border it is padded, never shifted, so the face "
+                               "stays centred: edge repeats the border pixels, reflect mirrors the image."),
+    ]
+
+
+def _sampling_inputs():
+    return [
+        io.Model.Input("model", tooltip="The model for pass 1 (and pass 2 unless model_2 is given): your "
+                                        "checkpoint with the character LoRA. Inpaint models (9 input channels) "
+                                        "get ComfyUI's inpaint conditioning."),
+        io.Conditioning.Input("positive", tooltip="Positive conditioning (the character's prompt)."),
+        io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+        io.Vae.Input("vae", tooltip="The VAE that encodes the crop and decodes the result."),
+    ]
+
+
+def _sampler_settings():
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Noise seed; both passes use it."),
+        io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps of each pass."),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                       tooltip="Sampler, as in KSampler."),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                       tooltip="Scheduler, as in KSampler."),
+        io.Float.Input("denoise_1", default=0.75, min=0.0, max=1.0, step=0.01,
+                       tooltip="Pass 1 (masked inpaint): how much of the masked area is re-drawn. 0 skips pass 1."),
+        io.Float.Input("denoise_2", default=0.40, min=0.0, max=1.0, step=0.01,
+                       tooltip="Pass 2 (whole crop, no mask): low-denoise re-sample for coherence with the "
+                               "surroundings. 0 skips pass 2."),
+    ]
+
+
+def _model_2_input():
+    return io.Model.Input("model_2", optional=True,
+                          tooltip="Optional model for pass 2 (e.g. the base checkpoint without the inpaint weights). "
+                                  "Default: the pass-1 model.")
+
+
+# --------------------------------------------------------------------------- two-pass sampling
+
+def _is_inpaint_model(model) -> bool:
+    inner = getattr(model, "model", None)
+    return len(getattr(inner, "concat_keys", ()) or ()) > 0
+
+
+def _check_sizes(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] < 3:
+        raise ContinuityError(f"expected an IMAGE batch (B, H, W, 3), got shape {tuple(image.shape)}", input="image")
+    image = image[..., :3]
+    b, h, w = image.shape[:3]
+    if h % 8 or w % 8:
+        raise ContinuityError(f"the image is {w}x{h}; both sides must be multiples of 8 for the VAE "
+                              "(use Crop For Inpaint (Continuity), whose crops are multiples of 64)", input="image")
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ContinuityError(f"expected a MASK batch (B, H, W), got shape {tuple(mask.shape)}", input="mask")
+    if tuple(mask.shape[1:]) != (h, w):
+        raise ContinuityError(f"the mask is {mask.shape[2]}x{mask.shape[1]} but the image is {w}x{h}", input="mask")
+    if mask.shape[0] == 1 and b > 1:
+        mask = mask.expand(b, h, w)
+    elif mask.shape[0] != b:
+        raise ContinuityError(f"{mask.shape[0]} masks for {b} images", input="mask")
+    return image.float(), mask.float().clamp(0, 1)
+
+
+def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
+                     denoise_1=0.75, denoise_2=0.40, model_2=None):
+    """Pass 1: masked inpaint (noise mask; inpaint conditioning for inpaint models). Pass 2: the
+    whole crop re-sampled without the mask at ``denoise_2``. Decode and composite into ``image``
+    with ``mask``. Returns (IMAGE (B, H, W, 3), LATENT dict)."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler's own sampling code)
+
+    image, mask = _check_sizes(image, mask)
+    b, h, w = image.shape[:3]
+    if denoise_1 > 0:
+        if _is_inpaint_model(model):
+            pos1, neg1, latent = comfy_nodes.InpaintModelConditioning().encode(
+                positive, negative, image, vae, mask, noise_mask=True)
+        else:
+            pos1, neg1 = positive, negative
+            latent = {"samples": vae.encode(image), "noise_mask": mask.reshape(-1, 1, h, w)}
+        latent = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos1, neg1,
+                                             latent, denoise=denoise_1)[0]
+    else:
+        latent = {"samples": vae.encode(image)}
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    latent = {k: v for k, v in latent.items() if k != "noise_mask"}
+    if denoise_2 > 0:
+        latent = comfy_nodes.common_ksampler(model_2 if model_2 is not None else model, seed, steps, cfg,
+                                             sampler_name, scheduler, positive, negative, latent,
+                                             denoise=denoise_2)[0]
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    if denoise_1 <= 0 and denoise_2 <= 0:
+        return image.clone(), latent
+    decoded = vae.decode(latent["samples"])
+    if decoded.ndim == 5:
+        decoded = decoded.reshape(-1, *decoded.shape[-3:])
+    decoded = decoded[..., :3].float().cpu()
+    if tuple(decoded.shape[1:3]) != (h, w):  # VAEs with other strides: fit back (rare)
+        decoded = torch.nn.functional.interpolate(decoded.movedim(-1, 1), size=(h, w), mode="bicubic",
+                                                  align_corners=False).movedim(1, -1)
+    out = geometry.composite(image.cpu(), decoded.clamp(0, 1), mask.cpu())
+    return torch.from_numpy(out), latent
+
+
+# --------------------------------------------------------------------------- nodes
+
+class CropForInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityCropForInpaint",
+            display_name="Crop For Inpaint (Continuity)",
+            category=AREA,
+            description=(
+                "Crops a square around each image's mask (bounding box x context, at least min_size), padding "
+                "instead of shifting at the image border so the face stays centred, and resizes it to "
+                "target_size with Lanczos in float (no 8-bit rounding); the mask is resized with a smooth "
+                "filter. Each image of a batch gets its own crop; an empty mask gives a crop of the whole "
+                "image that Paste Back leaves untouched."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The frame(s) to fix."),
+                io.Mask.Input("mask", tooltip="Where to inpaint (e.g. the face region): one mask, or one per image, "
+                                              "the size of the image."),
+                *_crop_inputs(),
+            ],
+            outputs=[
+                io.Image.Output("crop", display_name="crop", tooltip="The square crops, target_size x target_size."),
+                io.Mask.Output("crop_mask", display_name="crop_mask", tooltip="The mask of each crop."),
+                Stitch.Output("stitch", display_name="stitch",
+                              tooltip="Per image: the box, padding, scale and original size, for Paste Back."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("mask")
+    def execute(cls, image, mask, context, min_size, target_size, padding) -> io.NodeOutput:
+        if target_size % 64:
+            raise ContinuityError(f"target_size {target_size} is not a multiple of 64", input="target_size")
+        crops, cmasks, record = geometry.crop_for_inpaint(image, mask, context=context, min_size=min_size,
+                                                          target=target_size, pad_mode=padding)
+        return io.NodeOutput(torch.from_numpy(crops), torch.from_numpy(cmasks), record)
+
+
+class TwoPassInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityTwoPassInpaint",
+            display_name="Two-Pass Inpaint (Continuity)",
+            category=AREA,
+            description=(
+                "Pass 1 encodes the crop and samples with the mask as noise mask (inpaint models get ComfyUI's "
+                "InpaintModelConditioning); pass 2 re-samples the whole result without the mask at low denoise "
+                "(about 0.40) for coherence with the surroundings; the decoded result is composited into the "
+                "input crop with the mask. Uses ComfyUI's KSampler code, so previews, progress, interrupt and "
+                "every sampler and scheduler work as usual. Image sides must be multiples of 8."
+            ),
+            inputs=[
+                *_sampling_inputs(),
+                io.Image.Input("image", tooltip="The crop(s) from Crop For Inpaint."),
+                io.Mask.Input("mask", tooltip="The crop mask(s) from Crop For Inpaint."),
+                *_sampler_settings(),
+                _model_2_input(),
+            ],
+            outputs=[
+                io.Image.Output("inpainted", display_name="image",
+                                tooltip="The inpainted crops, composited into the input with the mask."),
+                io.Latent.Output("latent", display_name="latent", tooltip="The latent after pass 2 (or pass 1)."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("image")
+    def execute(cls, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
+                denoise_1, denoise_2, model_2=None) -> io.NodeOutput:
+        out, latent = two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name,
+                                       scheduler, denoise_1, denoise_2, model_2)
+        return io.NodeOutput(out, latent)
+
+
+def _paste_inputs():
+    return [
+        io.Float.Input("feather", default=4.5, min=0.0, max=20.0, step=0.5,
+                       tooltip="Blend width inside the mask edge, in per cent of the crop side (clamped to 1-64 frame "
+                               "pixels). 0: hard edge."),
+        io.Boolean.Input("colour_match", default=False,
+                         tooltip="Shift the pasted colours by their mean difference to the original in the blend band."),
+    ]
+
+
+class PasteBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityPasteBack",
+            display_name="Paste Back (Continuity)",
+            category=AREA,
+            description=(
+                "Resizes each processed crop back to its size in the frame (exact inverse of the Lanczos "
+                "upscale, or Lanczos), drops the padding and blends it into the original image only inside "
+                "the original mask, feathered inward by a width proportional to the crop; pixels outside the "
+                "mask stay exactly as they were. Images with an empty mask pass through unchanged."
+            ),
+            inputs=[
+                Stitch.Input("stitch", tooltip="The stitch record from Crop For Inpaint."),
+                io.Image.Input("image", tooltip="The processed crops, in the order Crop For Inpaint gave them."),
+                *_paste_inputs(),
+            ],
+            outputs=[io.Image.Output("result", display_name="image", tooltip="The original frames with the crops pasted in.")],
+        )
+
+    @classmethod
+    @_common.reports_errors("image")
+    def execute(cls, stitch, image, feather, colour_match) -> io.NodeOutput:
+        if not isinstance(stitch, geometry.StitchRecord) and not hasattr(stitch, "boxes"):
+            raise ContinuityError("this is not a stitch record from Crop For Inpaint", input="stitch")
+        out = geometry.paste_back(stitch, image, feather_percent=feather, colour_match=colour_match)
+        return io.NodeOutput(torch.from_numpy(out))
+
+
+NODES = [CropForInpaint, TwoPassInpaint, PasteBack]
