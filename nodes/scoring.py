@@ -1,0 +1,444 @@
+"""Identity scoring nodes (V3 adapters over ``continuity.scoring`` and ``continuity.faces.embedders``)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..continuity.errors import ContinuityError, MissingModelError
+from ..continuity.faces import embedders
+from ..continuity.faces.base import as_uint8_rgb
+from ..continuity.paths import confine, safe_name
+from ..continuity.scoring import plots, report
+from ..continuity.scoring.similarity import POLICIES, ScoreSet, get_face_detector, score_set
+from . import _common
+from ._types import CATEGORY, FaceModel, Scores
+
+MODEL_CHOICES = list(embedders.NAMES) + ["all available"]
+POLICY_TOOLTIP = ("Which face of a candidate to score when there are several: largest; in_mask (the face "
+                  "inside candidate_masks, e.g. the one you inpainted); only_one (images with several faces "
+                  "get no score and a flag).")
+
+
+def _device() -> str:
+    try:
+        import comfy.model_management as mm
+        return str(mm.get_torch_device())
+    except Exception:  # noqa: BLE001
+        return "cpu"
+
+
+def _interrupt():
+    import comfy.model_management as mm
+    mm.throw_exception_if_processing_interrupted()
+
+
+def to_uint8_list(images) -> list[np.ndarray]:
+    return [as_uint8_rgb(t.detach().cpu().numpy()) for t in _common.split_images(images)]
+
+
+def resolve_embedders(model: str) -> tuple[list, dict[str, str]]:
+    """The embedders to run and, for "all available", why the others did not run."""
+    mdir = _common.models_dir()
+    if model != "all available":
+        return [embedders.get_embedder(model, models_dir=mdir, device=_device())], {}
+    out, skipped = [], {}
+    for a in embedders.availability(mdir):
+        if not a.available:
+            skipped[a.name] = a.reason
+            continue
+        try:
+            out.append(embedders.get_embedder(a.name, models_dir=mdir, device=_device()))
+        except MissingModelError as exc:
+            skipped[a.name] = exc.message
+    return out, skipped
+
+
+def _first(v, default=None):
+    if isinstance(v, list):
+        return v[0] if v else default
+    return v if v is not None else default
+
+
+def describe(s: ScoreSet) -> str:
+    lines = [f"set '{s.name}': {s.n} candidate(s)"]
+    for name, ms in s.models.items():
+        base = ms.baseline
+        lines.append(f"[{name}] threshold {ms.threshold:.3f} (cosine; >= means same person), references among "
+                     f"themselves {'-' if base is None else f'{base:.3f}'}")
+        for r in ms.rows():
+            f = s.filenames[r["index"]] if r["index"] < len(s.filenames) else f"#{r['index']}"
+            if r["mean"] is None:
+                lines.append(f"  {f}: no score ({r['note']})")
+            else:
+                cal = "" if r["calibrated"] is None else f", calibrated {r['calibrated']:+.2f}"
+                lines.append(f"  {f}: mean {r['mean']:.3f} max {r['max']:.3f} -> "
+                             f"{'same person' if r['same_person'] else 'different'}{cal}"
+                             + (f" ({r['faces']} faces, used #{r['face_used']})" if r["faces"] > 1 else ""))
+    for name, why in s.unavailable.items():
+        lines.append(f"[{name}] not run: {why}")
+    return "\n".join(lines)
+
+
+class FaceSimilarity(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityFaceSimilarity",
+            display_name="Face Similarity (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description=(
+                "Cosine similarity of each candidate's face to each reference portrait, per identity model, "
+                "with the model's own threshold and the references' similarity among themselves as baseline. "
+                "A candidate without a face gets no score and a flag; a reference without a face is an error. "
+                "Each image is detected and embedded once per model (cached by content)."),
+            is_input_list=True,
+            inputs=[
+                io.Image.Input("references", tooltip="Reference portraits of the character (a batch or a list of any sizes); "
+                                                     "each must show a face."),
+                io.Image.Input("candidates", tooltip="Images to score (a batch or a list of any sizes)."),
+                io.Combo.Input("model", options=MODEL_CHOICES, default="dlib",
+                               tooltip="Identity model: dlib (built in), arcface (insightface ONNX in models/insightface), "
+                                       "facenet/openface/deepid (DeepFace weight files in models/deepface), or all "
+                                       "that are available here."),
+                io.Combo.Input("face_policy", options=list(POLICIES), default="largest", tooltip=POLICY_TOOLTIP),
+                io.String.Input("set_name", default="set", tooltip="Name of this candidate set in reports, e.g. '2-step + inpaint'."),
+                io.Mask.Input("candidate_masks", optional=True,
+                              tooltip="Optional masks, one per candidate, for face_policy in_mask."),
+                io.String.Input("filenames", optional=True, force_input=True,
+                                tooltip="Optional names of the candidates (e.g. from Load Image Folder), kept in the scores."),
+                io.String.Input("reference_names", optional=True, force_input=True,
+                                tooltip="Optional names of the references, used in error messages."),
+                FaceModel.Input("face_model", optional=True,
+                                tooltip="Optional face-analysis backend whose detector finds the faces (default: dlib)."),
+            ],
+            outputs=[
+                Scores.Output("scores", tooltip="All scores of this set (for Select By Similarity and Consistency Report)."),
+                io.String.Output("summary", tooltip="Per-candidate scores and verdicts as text."),
+                io.Int.Output("faces_missing", tooltip="Number of candidates in which no face was used."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("candidates")
+    def execute(cls, references, candidates, model, face_policy, set_name, candidate_masks=None,
+                filenames=None, reference_names=None, face_model=None) -> io.NodeOutput:
+        model, policy, name = _first(model), _first(face_policy), _first(set_name, "set")
+        refs, cands = to_uint8_list(references), to_uint8_list(candidates)
+        masks = [m.detach().cpu().numpy() for m in _common.split_masks(candidate_masks)] if candidate_masks else None
+        if policy == "in_mask" and not masks:
+            raise ContinuityError("face_policy in_mask needs candidate_masks", input="candidate_masks")
+        if masks and len(masks) not in (1, len(cands)):
+            raise ContinuityError(f"{len(masks)} masks for {len(cands)} candidates", input="candidate_masks")
+        if masks and len(masks) == 1 and len(cands) > 1:
+            masks = masks * len(cands)
+        names = list(filenames) if filenames else [f"#{i}" for i in range(len(cands))]
+        if len(names) != len(cands):
+            raise ContinuityError(f"{len(names)} file names for {len(cands)} candidates", input="filenames")
+        fm = _first(face_model)
+        detector = fm.detector if fm is not None and hasattr(fm, "detector") else get_face_detector("dlib")
+        embs, skipped = resolve_embedders(model)
+        if not embs:
+            raise ContinuityError("no identity model is available: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                                  input="model")
+        import comfy.utils
+        pbar = comfy.utils.ProgressBar(len(cands) * len(embs))
+        done = {"n": 0}
+
+        def progress(i, n):
+            _interrupt()
+            done["n"] += 1
+            pbar.update_absolute(min(done["n"], len(cands) * len(embs)))
+
+        s = score_set(refs, cands, embs, name=name, filenames=names, policy=policy, masks=masks,
+                      reference_names=list(reference_names) if reference_names else None, detector=detector,
+                      progress=progress)
+        s.unavailable = skipped
+        missing = sum(1 for c in next(iter(s.models.values())).candidates if not c.found)
+        text = describe(s)
+        return io.NodeOutput(s, text, missing, ui=ui.PreviewText(text))
+
+
+class IdentityModels(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityIdentityModels",
+            display_name="Identity Models (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description="Lists the identity models, their thresholds, and whether their weights are installed here.",
+            inputs=[],
+            outputs=[io.String.Output("models", tooltip="One line per model: available or what is missing.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return str([(a.name, a.available, a.reason) for a in embedders.availability(_common.models_dir())])
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        lines = []
+        for a in embedders.availability(_common.models_dir()):
+            state = "available" if a.available else "not available"
+            lines.append(f"{a.name} ({a.label}), threshold {a.threshold}: {state} - {a.reason}")
+        text = "\n".join(lines)
+        return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+def _metric_values(s: ScoreSet, model: str, metric: str) -> tuple[str, list[float | None], float]:
+    if not s.models:
+        raise ContinuityError("the scores hold no model", input="scores")
+    key = model.strip() or next(iter(s.models))
+    if key not in s.models:
+        raise ContinuityError(f"the scores have no model '{key}' (they have {', '.join(s.models)})", input="model")
+    ms = s.models[key]
+    if metric == "mean":
+        return key, ms.mean, ms.threshold
+    if metric == "max":
+        return key, ms.max, ms.threshold
+    if ms.baseline is None:
+        raise ContinuityError("calibrated needs at least 2 references (their similarity is the scale)", input="metric")
+    return key, [ms.calibrated(v) for v in ms.mean], 0.0
+
+
+class SelectBySimilarity(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuitySelectBySimilarity",
+            display_name="Select By Similarity (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description=(
+                "Splits the scored images by a similarity threshold, keeping their indices and file names: "
+                "the passing ones go on into the dataset, the failing ones (and those with no face) to the face fix."),
+            is_input_list=True,
+            inputs=[
+                io.Image.Input("images", tooltip="The candidate images that were scored, in the same order."),
+                Scores.Input("scores", tooltip="Scores from Face Similarity."),
+                io.Combo.Input("metric", options=["mean", "max", "calibrated"], default="mean",
+                               tooltip="mean/max: cosine over the references. calibrated: 0 at the model's threshold, "
+                                       "1 when as close as the references are to each other."),
+                io.Boolean.Input("use_model_threshold", default=True,
+                                 tooltip="Use the model's own threshold (0 for calibrated) instead of the value below."),
+                io.Float.Input("threshold", default=0.93, min=-2.0, max=2.0, step=0.005,
+                               tooltip="Pass when the metric is at least this (used when use_model_threshold is off)."),
+                io.String.Input("model", default="", tooltip="Which model's scores to use; empty: the first."),
+                io.String.Input("filenames", optional=True, force_input=True,
+                                tooltip="Names of the images; default: the names kept in the scores."),
+            ],
+            outputs=[
+                io.Image.Output("passed", is_output_list=True, tooltip="Images at or above the threshold."),
+                io.Image.Output("failed", is_output_list=True, tooltip="Images below it or without a face."),
+                io.Int.Output("passed_indices", is_output_list=True, tooltip="Indices of the passing images."),
+                io.Int.Output("failed_indices", is_output_list=True, tooltip="Indices of the failing images."),
+                io.String.Output("passed_names", is_output_list=True, tooltip="File names of the passing images."),
+                io.String.Output("failed_names", is_output_list=True, tooltip="File names of the failing images."),
+                io.String.Output("summary", tooltip="What was kept and why."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("scores")
+    def execute(cls, images, scores, metric, use_model_threshold, threshold, model, filenames=None) -> io.NodeOutput:
+        s = _first(scores)
+        if not isinstance(s, ScoreSet):
+            raise ContinuityError("expected the scores output of Face Similarity", input="scores")
+        metric, model = _first(metric), _first(model, "")
+        imgs = _common.split_images(images)
+        key, vals, model_thr = _metric_values(s, model, metric)
+        thr = model_thr if _first(use_model_threshold) else float(_first(threshold))
+        if len(imgs) != len(vals):
+            raise ContinuityError(f"{len(imgs)} images but the scores are for {len(vals)}", input="images")
+        names = list(filenames) if filenames else (s.filenames or [f"#{i}" for i in range(len(imgs))])
+        if len(names) != len(imgs):
+            raise ContinuityError(f"{len(names)} file names for {len(imgs)} images", input="filenames")
+        p_i = [i for i, v in enumerate(vals) if v is not None and v >= thr]
+        f_i = [i for i in range(len(vals)) if i not in set(p_i)]
+        text = (f"{key} {metric} >= {thr:.4f}: {len(p_i)} passed, {len(f_i)} failed "
+                f"({sum(1 for v in vals if v is None)} without a face)\n"
+                + "\n".join(f"  {names[i]}: {'-' if vals[i] is None else f'{vals[i]:.4f}'} "
+                            f"{'pass' if i in p_i else 'fail'}" for i in range(len(vals))))
+        return io.NodeOutput([imgs[i][None] for i in p_i], [imgs[i][None] for i in f_i], p_i, f_i,
+                             [names[i] for i in p_i], [names[i] for i in f_i], text, ui=ui.PreviewText(text))
+
+
+class ConsistencyReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityConsistencyReport",
+            display_name="Consistency Report (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description=(
+                "Combines the scores of several named candidate sets (each from a Face Similarity node, each with "
+                "one or more models) into a table (mean, standard deviation, count, faces missing), a bar chart "
+                "per set and model, an embedding heatmap and line plot, and JSON + CSV files in the output folder "
+                "(never overwriting earlier reports)."),
+            inputs=[Scores.Input("scores_1", tooltip="Scores of the first set.")]
+            + [Scores.Input(f"scores_{k}", optional=True, tooltip=f"Scores of set {k} (optional).") for k in range(2, 7)]
+            + [
+                io.String.Input("plot_model", default="",
+                                tooltip="Model whose embeddings the heatmap and line plot show; empty: the first."),
+                io.Boolean.Input("save", default=True, tooltip="Write the JSON and CSV report files."),
+                io.String.Input("filename_prefix", default="continuity/reports/consistency",
+                                tooltip="Path under ComfyUI's output folder; an existing report is never overwritten "
+                                        "(a number is added)."),
+            ],
+            outputs=[
+                io.Image.Output("bar_chart", tooltip="Mean similarity per set and model, with standard deviation."),
+                io.Image.Output("heatmap", tooltip="Embeddings of the references and each set, one row per image."),
+                io.Image.Output("lines", tooltip="Embeddings as lines, set means in bold."),
+                io.String.Output("table", tooltip="The summary table as text."),
+                io.String.Output("json_path", tooltip="Path of the JSON report ('' when not saved)."),
+                io.String.Output("csv_path", tooltip="Path of the CSV report ('' when not saved)."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def _target(cls, prefix: str) -> tuple[str, str]:
+        prefix = prefix.strip().replace("\\", "/")
+        sub, stem = os.path.split(prefix)
+        stem = safe_name(stem or "consistency", input="filename_prefix")
+        root = _common.output_dir()
+        folder = confine(sub or ".", [root], input="filename_prefix")
+        return folder, stem
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None, **kwargs):
+        if filename_prefix is None:
+            return True
+        try:
+            cls._target(filename_prefix)
+        except ContinuityError as exc:
+            return str(_common.node_error(cls, "filename_prefix", exc.message))
+        return True
+
+    @classmethod
+    @_common.reports_errors("scores_1")
+    def execute(cls, scores_1, plot_model, save, filename_prefix, scores_2=None, scores_3=None, scores_4=None,
+                scores_5=None, scores_6=None) -> io.NodeOutput:
+        sets: list[ScoreSet] = []
+        seen: dict[str, int] = {}
+        for k, s in enumerate([scores_1, scores_2, scores_3, scores_4, scores_5, scores_6], start=1):
+            if s is None:
+                continue
+            if not isinstance(s, ScoreSet):
+                raise ContinuityError("expected the scores output of Face Similarity", input=f"scores_{k}")
+            if s.name in seen:   # two sets with one name: keep both, distinguishable
+                seen[s.name] += 1
+                s = ScoreSet(f"{s.name} ({seen[s.name]})", s.models, s.filenames, s.unavailable)
+            else:
+                seen[s.name] = 1
+            sets.append(s)
+        rows = report.table(sets)
+        models = list(dict.fromkeys(m for s in sets for m in s.models))
+        pm = plot_model.strip() or models[0]
+        if pm not in models:
+            raise ContinuityError(f"no set was scored with '{pm}' (models: {', '.join(models)})", input="plot_model")
+        groups = report.embeddings_by_set(sets, pm)
+        bar = plots.bar_chart(rows)
+        heat = plots.embedding_heatmap(groups, title=f"Face embeddings ({pm}): references and candidate sets")
+        lines = plots.embedding_lines(groups, title=f"Face embeddings ({pm})")
+        text = report.table_text(rows)
+        json_path = csv_path = ""
+        if save:
+            folder, stem = cls._target(filename_prefix)
+            json_path, csv_path = report.write_report(sets, folder, stem)
+        imgs = [_common.np_to_image(a) for a in (bar, heat, lines)]
+        preview = torch.cat(imgs) if len({tuple(i.shape) for i in imgs}) == 1 else imgs[0]
+        return io.NodeOutput(imgs[0], imgs[1], imgs[2], text, json_path, csv_path,
+                             ui=ui.PreviewImage(preview, cls=cls))
+
+
+def clip_image_embeds(clip_vision, images: list[torch.Tensor]) -> torch.Tensor:
+    """(n, d) L2-normalised image embeddings (each image encoded once; any sizes)."""
+    out = []
+    for im in images:
+        e = clip_vision.encode_image(im[None] if im.ndim == 3 else im, crop=True)["image_embeds"].float()
+        out.append(torch.nn.functional.normalize(e.reshape(e.shape[0], -1), dim=-1))
+    return torch.cat(out)
+
+
+def clip_text_embed(clip, prompt: str) -> torch.Tensor:
+    """(1, d) L2-normalised projected pooled text embedding."""
+    tokens = clip.tokenize(prompt)
+    cs = clip.cond_stage_model
+    cs.reset_clip_options()
+    try:
+        cs.set_clip_options({"projected_pooled": True})
+        clip.load_model()
+        _, pooled = cs.encode_token_weights(tokens)[:2]
+    finally:
+        cs.reset_clip_options()
+    return torch.nn.functional.normalize(pooled.float().reshape(pooled.shape[0], -1)[:1], dim=-1)
+
+
+def clip_similarity(clip_vision, references: list[torch.Tensor], candidates: list[torch.Tensor], clip=None,
+                    prompt: str = ""):
+    """CLIP-I (or DINO) image-to-reference and CLIP-T image-to-prompt cosine similarities.
+
+    Returns (per-candidate mean cosine to the references, per-candidate cosine to the prompt or None).
+    """
+    ref_e = clip_image_embeds(clip_vision, references)
+    cand_e = clip_image_embeds(clip_vision, candidates)
+    img_sim = (cand_e @ ref_e.T).mean(dim=1)
+    txt_sim = None
+    if clip is not None and prompt.strip():
+        t = clip_text_embed(clip, prompt)
+        if t.shape[-1] != cand_e.shape[-1]:
+            raise ContinuityError(
+                f"the text embedding has {t.shape[-1]} dimensions but the image embedding {cand_e.shape[-1]}: "
+                "CLIP-T needs the text encoder that belongs to the CLIP vision model (e.g. CLIP-L with ViT-L/14)",
+                input="clip")
+        txt_sim = (cand_e @ t.T)[:, 0]
+    return img_sim, txt_sim
+
+
+class ClipSimilarity(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityClipSimilarity",
+            display_name="CLIP / DINO Similarity (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description=(
+                "Whole-image metrics of the DreamShot and MotionCharacter papers through ComfyUI's own encoders: "
+                "CLIP-I (cosine of CLIP image embeddings to the references), CLIP-T (image to prompt, needs the "
+                "matching CLIP text encoder) and DINO similarity (load a DINOv2 model with Load CLIP Vision)."),
+            is_input_list=True,
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="A CLIP vision (CLIP-I, CLIP-T) or DINOv2 (DINO) model."),
+                io.Image.Input("references", tooltip="Reference images (real photos of the character)."),
+                io.Image.Input("candidates", tooltip="Images to score."),
+                io.Clip.Input("clip", optional=True, tooltip="The CLIP text encoder matching the vision model, for CLIP-T."),
+                io.String.Input("prompt", default="", multiline=True, tooltip="The prompt for CLIP-T (empty: no CLIP-T)."),
+            ],
+            outputs=[
+                io.Float.Output("image_similarity", tooltip="Mean over candidates of the mean cosine to the references (CLIP-I / DINO)."),
+                io.Float.Output("text_similarity", tooltip="Mean cosine of the candidates to the prompt (CLIP-T); 0 when not computed."),
+                io.String.Output("summary", tooltip="Per-candidate values as text."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("candidates")
+    def execute(cls, clip_vision, references, candidates, prompt, clip=None) -> io.NodeOutput:
+        cv, cl, pr = _first(clip_vision), _first(clip), _first(prompt, "")
+        refs = _common.split_images(references)
+        cands = _common.split_images(candidates)
+        if not refs or not cands:
+            raise ContinuityError("give at least one reference and one candidate", input="references" if not refs else "candidates")
+        img_sim, txt_sim = clip_similarity(cv, refs, cands, cl, pr)
+        img_vals = [float(v) for v in img_sim]
+        txt_vals = [float(v) for v in txt_sim] if txt_sim is not None else []
+        lines = [f"#{i}: image {v:.4f}" + (f", text {txt_vals[i]:.4f}" if txt_vals else "") for i, v in enumerate(img_vals)]
+        text = "\n".join(lines)
+        return io.NodeOutput(float(np.mean(img_vals)), float(np.mean(txt_vals)) if txt_vals else 0.0, text,
+                             ui=ui.PreviewText(text))
+
+
+NODES = [FaceSimilarity, SelectBySimilarity, ConsistencyReport, IdentityModels, ClipSimilarity]
