@@ -1,0 +1,534 @@
+"""Training nodes: Train LoRA (kohya-ss sd-scripts) and Training Status; HTTP status routes.
+
+Thin adapters over ``continuity.training``: ComfyUI folders in, the LoRA name out (a value
+LoraLoader accepts). Progress goes to ComfyUI's progress bar and to the websocket as
+``continuity.train.progress`` events; ``web/js/training.js`` draws the loss curve on the node.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+from comfy_api.latest import io
+
+import folder_paths
+
+from ..continuity import training
+from ..continuity.errors import ContinuityError
+from ..continuity.imageio import load_image
+from ..continuity.paths import confine
+from . import _common
+from ._types import CATEGORY, Dataset, TrainJob
+
+log = logging.getLogger("continuity")
+
+EVENT = "continuity.train.progress"
+NONE = "(none)"
+MODEL_FOLDERS = ("checkpoints", "diffusion_models")
+MASK_MEANINGS = ["1 = character (segmentation mask)", "1 = background (MASK from LoadImage of a cut-out)"]
+_NODE_OF_JOB: dict[str, str] = {}   # job id -> id of the node that started it (for the web extension)
+
+
+# ----------------------------------------------------------------------------- folders and messages
+def jobs_root() -> str:
+    return os.path.join(_common.output_dir(), "continuity_training")
+
+
+def loras_root() -> str:
+    return folder_paths.get_folder_paths("loras")[0]
+
+
+def _model_roots() -> list[str]:
+    roots = [_common.models_dir()]
+    for folder in ("checkpoints", "diffusion_models", "unet", "text_encoders", "clip", "vae", "loras"):
+        try:
+            roots += folder_paths.get_folder_paths(folder)
+        except KeyError:
+            pass
+    return list(dict.fromkeys(roots))
+
+
+def _safetensors(folder: str) -> list[str]:
+    try:
+        return [n for n in folder_paths.get_filename_list(folder) if n.lower().endswith(".safetensors")]
+    except KeyError:
+        return []
+
+
+def _base_model_options() -> list[str]:
+    return [f"{f}/{n}" for f in MODEL_FOLDERS for n in _safetensors(f)]
+
+
+def _encoder_options() -> list[str]:
+    return [NONE] + sorted(set(_safetensors("text_encoders")) | set(_safetensors("clip")))
+
+
+def _resolve_model(value: str, folders: tuple[str, ...], input_name: str) -> str:
+    """A combo value ('checkpoints/x.safetensors' or a name in one of ``folders``) to a path."""
+    folder, _, name = value.partition("/")
+    candidates = [(folder, name)] if folder in folders else [(f, value) for f in folders]
+    for f, n in candidates:
+        try:
+            path = folder_paths.get_full_path(f, n)
+        except KeyError:
+            path = None
+        if path:
+            return path
+    raise ContinuityError(f"model '{value}' was not found in ComfyUI's {' or '.join(folders)} folders",
+                          input=input_name)
+
+
+def _send(data: dict) -> None:
+    try:
+        import server
+        inst = getattr(server.PromptServer, "instance", None)
+        if inst is not None:
+            inst.send_sync(EVENT, data)
+    except Exception:  # never let a client message break training
+        log.debug("continuity: could not send %s", EVENT, exc_info=True)
+
+
+def _broadcast(status: dict) -> None:
+    """Registry listener (background jobs): status updates to the web clients."""
+    msg = {k: status.get(k) for k in ("job_id", "state", "step", "total", "epoch", "epochs", "loss", "eta_s",
+                                      "rate", "lora_path", "error")}
+    msg["node"] = _NODE_OF_JOB.get(status.get("job_id"))
+    msg["lora_name"] = _lora_name(status.get("lora_path"))
+    if status.get("losses"):
+        msg["point"] = status["losses"][-1]
+    _send(msg)
+
+
+training.REGISTRY.listeners.append(_broadcast)
+
+
+def _lora_name(path: str | None) -> str | None:
+    if not path:
+        return None
+    for root in folder_paths.get_folder_paths("loras"):
+        try:
+            rel = os.path.relpath(path, root)
+        except ValueError:
+            continue
+        if not rel.startswith(".."):
+            return rel.replace(os.sep, "/")
+    return os.path.basename(path)
+
+
+def _sd_scripts(script: str):
+    return training.load_sd_scripts(folder_paths.get_user_directory(), script=script)
+
+
+def _unload_models() -> None:
+    import comfy.model_management as mm
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+
+
+class _Interrupted:
+    """``cancel_event`` for the launcher: ComfyUI's interrupt flag, or a set event."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def is_set(self) -> bool:
+        import comfy.model_management as mm
+        return self.event.is_set() or mm.processing_interrupted()
+
+
+def _job_value(job, state: str, lora_path: str | None = None) -> dict:
+    return {"job_id": job.job_id, "job_dir": job.job_dir, "lora_name": _lora_name(lora_path or job.lora_path),
+            "state": state, "preset": job.preset}
+
+
+def _dataset_items(dataset) -> tuple[list, list, list]:
+    """Images, 'train here' masks and captions of a dataset version (from Save/Load Dataset Version)."""
+    path = dataset.get("path") if isinstance(dataset, dict) else getattr(dataset, "path", None)
+    manifest = dataset.get("manifest") if isinstance(dataset, dict) else getattr(dataset, "manifest", None)
+    if not path or not isinstance(manifest, dict):
+        raise ContinuityError("not a dataset version (connect Save or Load Dataset Version)", input="dataset")
+    path = confine(path, _common.allowed_roots("input", "output", "models"), input="dataset", kind="dir")
+    images, masks, caps = [], [], []
+    for rec in manifest.get("items", []):
+        rgb, lmask = load_image(confine(os.path.join(path, rec["file"]), [path], input="dataset", kind="file"))
+        images.append(rgb)
+        if rec.get("mask_file"):
+            m, _ = load_image(confine(os.path.join(path, rec["mask_file"]), [path], input="dataset", kind="file"))
+            masks.append(m[..., 0])
+        elif lmask.max() > 0:
+            masks.append(1.0 - lmask)   # an RGBA file: alpha marks the character
+        else:
+            masks.append(np.ones(rgb.shape[:2], np.float32))
+        caps.append(rec.get("caption", ""))
+    if not images:
+        raise ContinuityError("the dataset version holds no images", input="dataset")
+    return images, masks, caps
+
+
+# ----------------------------------------------------------------------------- Train LoRA
+class TrainLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        presets = training.list_presets()
+        return io.Schema(
+            node_id="ContinuityTrainLoRA",
+            display_name="Train LoRA (Continuity)",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Trains a LoRA with kohya-ss sd-scripts (v0.10.1, installed separately; see docs/training.md) from "
+                "images, masks and captions or a dataset version. Writes a new job folder under "
+                "output/continuity_training/<job>, runs sd-scripts in its own process (ComfyUI's models are unloaded "
+                "first), shows step, loss and ETA, stops on Cancel, and puts the LoRA in models/loras/<job>/. "
+                "'background' returns at once; follow it with Training Status."),
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                io.Combo.Input("preset", options=presets, default="sdxl_realistic" if "sdxl_realistic" in presets else None,
+                               tooltip="Training recipe from trainers/: sdxl_realistic and flux_animated follow the paper; "
+                                       "shot_type trains an SD 1.5 style LoRA per shot scale."),
+                io.String.Input("job_name", default="my_character_v1",
+                                tooltip="Name of the job folder and of the LoRA (letters, digits, - _ .). An existing job is "
+                                        "never overwritten; with 'resume' it names the job to continue."),
+                io.Combo.Input("base_model", options=_base_model_options(),
+                               tooltip="Base model (.safetensors) from models/checkpoints (SDXL, SD 1.5) or "
+                                       "models/diffusion_models (Flux.1 Schnell)."),
+                io.Combo.Input("mode", options=["wait", "background"], default="wait",
+                               tooltip="wait: the node runs until training ends and outputs the LoRA. background: returns "
+                                       "at once with the job; the queue stays free (use Training Status)."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue the job named job_name from its latest saved state instead of "
+                                         "starting a new one (images are then ignored)."),
+                io.String.Input("token", default="ohwx",
+                                tooltip="Identifier token of the character, put before the class phrase in every "
+                                        "caption (unused by shot_type)."),
+                io.String.Input("class_phrase", default="woman",
+                                tooltip="Class of the character ('woman', 'man', 'cartoon cat'); captions of the "
+                                        "regularization images."),
+                io.Combo.Input("shot", options=["close", "medium", "long"], default="close",
+                               tooltip="shot_type preset only: the shot scale this style LoRA learns."),
+                io.Combo.Input("mask_meaning", options=MASK_MEANINGS, default=MASK_MEANINGS[0],
+                               tooltip="What a mask value of 1 means. Face/segmentation masks mark the character with 1; "
+                                       "LoadImage's MASK of a cut-out is 1 - alpha, i.e. 1 on the background."),
+                io.Int.Input("epochs", default=0, min=0, max=100_000,
+                             tooltip="Epochs; 0 keeps the preset's value."),
+                io.Int.Input("steps", default=0, min=0, max=10_000_000,
+                             tooltip="Training steps instead of epochs; 0 keeps the preset's value."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-7,
+                               tooltip="Learning rate for every trained part; 0 keeps the preset's values."),
+                io.Int.Input("network_dim", default=0, min=0, max=1024,
+                             tooltip="LoRA rank; 0 keeps the preset's value."),
+                io.Float.Input("network_alpha", default=0.0, min=0.0, max=2048.0, step=0.5,
+                               tooltip="LoRA alpha (scale alpha/dim); 0 keeps the preset's value."),
+                io.String.Input("overrides", default="", multiline=True,
+                                tooltip="More settings, one 'name = value' per line, from an allow-list (see "
+                                        "docs/training.md), e.g. 'optimizer_type = Prodigy'. Anything else is refused."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Character images (a batch or a list, any sizes)."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="One mask per image for the masked loss (see mask_meaning). Without masks the "
+                                      "whole image is learned."),
+                io.String.Input("captions", optional=True, force_input=True,
+                                tooltip="One caption per image (e.g. from Load Image Folder)."),
+                Dataset.Input("dataset", optional=True,
+                              tooltip="A dataset version (images, captions, masks) instead of images/masks/captions."),
+                io.Image.Input("reg_images", optional=True,
+                               tooltip="Regularization (class) images, captioned with the class phrase; same "
+                                       "[[datasets]] block as the character."),
+                io.Combo.Input("clip_l", options=_encoder_options(), default=NONE, optional=True,
+                               tooltip="Flux: CLIP-L text encoder from models/text_encoders."),
+                io.Combo.Input("t5xxl", options=_encoder_options(), default=NONE, optional=True,
+                               tooltip="Flux: T5-XXL text encoder from models/text_encoders."),
+                io.Combo.Input("ae", options=[NONE] + _safetensors("vae"), default=NONE, optional=True,
+                               tooltip="Flux: the autoencoder (ae.safetensors) from models/vae."),
+                io.Combo.Input("continue_from", options=[NONE] + _safetensors("loras"), default=NONE, optional=True,
+                               tooltip="Start from this LoRA's weights (--network_weights), e.g. stage 1 of a plan."),
+            ],
+            outputs=[
+                TrainJob.Output("job", display_name="job", tooltip="The training job (for Training Status)."),
+                io.Combo.Output("lora_name", display_name="lora_name",
+                                tooltip="The LoRA as LoraLoader names it ('<job>/<job>.safetensors'); in background "
+                                        "mode the name it will have."),
+                io.String.Output("log_path", display_name="log_path", tooltip="Folder with the job's logs."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, job_name=None, overrides=None, **kwargs):
+        for value in (job_name or [])[:1]:
+            try:
+                training.check_job_name(value)
+            except ContinuityError as exc:
+                return str(_common.node_error(cls, "job_name", exc.message))
+        for value in (overrides or [])[:1]:
+            try:
+                training.parse_overrides(value)
+            except ContinuityError as exc:
+                return str(_common.node_error(cls, "overrides", exc.message))
+        return True
+
+    @classmethod
+    def _overrides(cls, preset, epochs, steps, learning_rate, network_dim, network_alpha, text) -> dict:
+        ov = training.parse_overrides(text)
+        if epochs:
+            ov["max_train_epochs"] = epochs
+        if steps:
+            ov["max_train_steps"] = steps
+            if not epochs:
+                ov.pop("max_train_epochs", None)
+        if learning_rate:
+            ov["learning_rate"] = learning_rate
+            if "unet_lr" in preset.args:
+                ov["unet_lr"] = learning_rate
+            if "text_encoder_lr" in preset.args:
+                ov["text_encoder_lr"] = [learning_rate]
+        if network_dim:
+            ov["network_dim"] = network_dim
+        if network_alpha:
+            ov["network_alpha"] = network_alpha
+        return ov
+
+    @classmethod
+    @_common.reports_errors("preset")
+    def execute(cls, preset, job_name, base_model, mode, resume, token, class_phrase, shot, mask_meaning, epochs,
+                steps, learning_rate, network_dim, network_alpha, overrides, images=None, masks=None,
+                captions=None, dataset=None, reg_images=None, clip_l=None, t5xxl=None, ae=None,
+                continue_from=None) -> io.NodeOutput:
+        first = lambda v, d=None: (v[0] if isinstance(v, list) and v else (d if isinstance(v, list) or v is None else v))  # noqa: E731
+        preset_id, name, mode, resume = first(preset), first(job_name), first(mode), first(resume)
+        node_id = str(cls.hidden.unique_id) if cls.hidden and cls.hidden.unique_id is not None else None
+        p = training.load_preset(preset_id)
+        sd = _sd_scripts(p.script)
+        name = training.check_job_name(name)
+        if resume:
+            job_dir = confine(os.path.join(jobs_root(), name), [jobs_root()], input="job_name")
+            if not os.path.isdir(job_dir):
+                raise ContinuityError(f"there is no job '{name}' to resume in {jobs_root()}", input="job_name")
+            job = training.TrainJob.load(job_dir)
+            training.resume_argv(job)  # a clear message now if there is no state
+        else:
+            ov = cls._overrides(p, first(epochs), first(steps), first(learning_rate), first(network_dim),
+                                first(network_alpha), first(overrides, ""))
+            models = {}
+            for slot, value in (("pretrained_model_name_or_path", first(base_model)), ("clip_l", first(clip_l, NONE)),
+                                ("t5xxl", first(t5xxl, NONE)), ("ae", first(ae, NONE))):
+                if slot not in p.models:
+                    continue
+                input_name = "base_model" if slot == "pretrained_model_name_or_path" else slot
+                if not value or value == NONE:
+                    raise ContinuityError(f"preset '{p.id}' needs the {p.models[slot].get('label', slot)}",
+                                          input=input_name)
+                folders = tuple(p.models[slot].get("folders", MODEL_FOLDERS))
+                models[slot] = _resolve_model(value, folders, input_name)
+            weights = None
+            cont = first(continue_from, NONE)
+            if cont and cont != NONE:
+                weights = folder_paths.get_full_path("loras", cont)
+                if not weights:
+                    raise ContinuityError(f"LoRA '{cont}' not found", input="continue_from")
+            if dataset:
+                if images:
+                    raise ContinuityError("connect either images or a dataset, not both", input="dataset")
+                imgs, char_masks, caps = _dataset_items(first(dataset))
+                loadimage = False
+            else:
+                imgs = [t.cpu().numpy() for t in _common.split_images(images)]
+                char_masks = [m.cpu().numpy() for m in _common.split_masks(masks)]
+                caps = list(captions or [])
+                loadimage = first(mask_meaning) == MASK_MEANINGS[1]
+            if not imgs:
+                raise ContinuityError("connect the character images (or a dataset version)", input="images")
+            regs = [t.cpu().numpy() for t in _common.split_images(reg_images)]
+            job = training.create_job(
+                jobs_root=jobs_root(), loras_root=loras_root(), job_name=name, preset=p, overrides=ov,
+                python=sd.python, sd_scripts_root=sd.root, models=models, model_roots=_model_roots(),
+                images=imgs, masks=char_masks or None, captions=caps or None, reg_images=regs or None,
+                token=first(token, ""), class_phrase=first(class_phrase, ""), shot=first(shot, ""),
+                mask_is_loadimage=loadimage, network_weights=weights,
+                weight_roots=folder_paths.get_folder_paths("loras"))
+        if node_id:
+            _NODE_OF_JOB[job.job_id] = node_id
+        _unload_models()
+        logs = os.path.join(job.job_dir, "logs")
+        if mode == "background":
+            training.REGISTRY.start(job, resume=bool(resume))
+            value = _job_value(job, "running")
+            return io.NodeOutput(value, value["lora_name"], logs,
+                                 ui={"text": [f"training '{job.job_id}' started in the background"],
+                                     "continuity_train": [{"job_id": job.job_id, "state": "running"}]})
+        lora = cls._run_and_wait(job, bool(resume), node_id)
+        value = _job_value(job, "finished", lora)
+        return io.NodeOutput(value, value["lora_name"], logs,
+                             ui={"text": [f"LoRA written: {value['lora_name']}"],
+                                 "continuity_train": [{"job_id": job.job_id, "state": "finished",
+                                                       "lora_name": value["lora_name"]}]})
+
+    @classmethod
+    def _run_and_wait(cls, job, resume: bool, node_id: str | None) -> str:
+        """Run the launcher in a worker thread; here: progress bar, websocket, interrupt."""
+        import comfy.model_management as mm
+        import comfy.utils
+        events: queue.Queue = queue.Queue()
+        cancel = _Interrupted()
+        result: dict = {}
+
+        def work():
+            try:
+                result["lora"] = training.launch(job, events.put, cancel, resume=resume)
+            except BaseException as exc:  # handed to the executing thread
+                result["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"continuity-train-{job.job_id}", daemon=True)
+        total = job.total_steps or 1
+        pbar = comfy.utils.ProgressBar(total, node_id=node_id)
+        last_sent = 0.0
+        status = training.registry.JobStatus(job)
+        status.state = "running"
+        worker.start()
+        while worker.is_alive() or not events.empty():
+            if mm.processing_interrupted():
+                cancel.event.set()
+            try:
+                ev = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            status.apply(ev)
+            if ev.kind == "step" and ev.total:
+                try:
+                    pbar.update_absolute(min(ev.step, ev.total), ev.total)
+                except mm.InterruptProcessingException:
+                    cancel.event.set()
+            now = time.time()
+            if ev.kind != "step" or now - last_sent > 0.25 or ev.step == ev.total:
+                last_sent = now
+                msg = {k: v for k, v in status.to_dict().items() if k not in ("losses", "checkpoints", "job_dir")}
+                msg.update(node=node_id, point=status.losses[-1] if status.losses else None, kind=ev.kind)
+                _send(msg)
+        worker.join()
+        err = result.get("error")
+        if isinstance(err, training.TrainingCancelled):
+            _send({"job_id": job.job_id, "node": node_id, "state": "cancelled", "step": status.step,
+                   "total": status.total})
+            mm.throw_exception_if_processing_interrupted()
+            raise err
+        if err is not None:
+            _send({"job_id": job.job_id, "node": node_id, "state": "failed", "error": str(err)[:2000]})
+            raise err
+        _send({"job_id": job.job_id, "node": node_id, "state": "finished", "step": status.step,
+               "total": status.total, "lora_name": _lora_name(result["lora"])})
+        return result["lora"]
+
+
+# ----------------------------------------------------------------------------- status
+def job_status(job_id: str) -> dict | None:
+    """In-memory status (jobs of this process), else the status file of the job folder."""
+    job_id = training.check_job_name(job_id, input="job_id")
+    st = training.REGISTRY.status(job_id)
+    if st is None:
+        st = training.read_status_file(os.path.join(jobs_root(), job_id))
+    if st is not None:
+        st = dict(st)
+        st["lora_name"] = _lora_name(st.get("lora_path"))
+        st.pop("job_dir", None)  # no server paths to clients
+        st.pop("lora_path", None)
+    return st
+
+
+class TrainingStatus(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityTrainingStatus",
+            display_name="Training Status (Continuity)",
+            category=f"{CATEGORY}/training",
+            description="State, step, loss and LoRA of a training job (background mode); can cancel it. "
+                        "Re-runs on every queue so it always shows the current state.",
+            is_output_node=True,
+            inputs=[
+                TrainJob.Input("job", optional=True, tooltip="The job from Train LoRA."),
+                io.String.Input("job_id", default="", tooltip="Or the job's name, if no job is connected."),
+                io.Boolean.Input("cancel", default=False, tooltip="Stop the job (its saved states allow a resume)."),
+            ],
+            outputs=[
+                io.String.Output("state", display_name="state", tooltip="queued, running, finished, failed, cancelled or unknown."),
+                io.Int.Output("step", display_name="step", tooltip="Current step."),
+                io.Float.Output("loss", display_name="loss", tooltip="Latest average loss (0 if none yet)."),
+                io.Combo.Output("lora_name", display_name="lora_name", tooltip="The LoRA name once finished ('' before)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return time.time()  # a status must be read afresh each time
+
+    @classmethod
+    @_common.reports_errors("job_id")
+    def execute(cls, job_id="", cancel=False, job=None) -> io.NodeOutput:
+        jid = (job or {}).get("job_id") if isinstance(job, dict) else None
+        jid = jid or job_id.strip()
+        if not jid:
+            raise ContinuityError("connect a job or give its name", input="job_id")
+        if cancel:
+            training.REGISTRY.cancel(jid)
+        st = job_status(jid) or {"job_id": jid, "state": "unknown", "step": 0, "loss": None, "lora_name": None}
+        if cls.hidden and cls.hidden.unique_id is not None:
+            _NODE_OF_JOB.setdefault(jid, str(cls.hidden.unique_id))
+        text = (f"{jid}: {st['state']} step {st.get('step') or 0}/{st.get('total') or '?'}"
+                + (f" loss {st['loss']:.4g}" if st.get("loss") is not None else "")
+                + (f"\n{st['error'][-600:]}" if st.get("error") else ""))
+        return io.NodeOutput(st["state"], int(st.get("step") or 0), float(st.get("loss") or 0.0),
+                             st.get("lora_name") or "",
+                             ui={"text": [text], "continuity_train": [st]})
+
+
+# ----------------------------------------------------------------------------- HTTP routes
+def _register_routes() -> None:
+    try:
+        import server
+        inst = getattr(server.PromptServer, "instance", None)
+    except Exception:
+        return
+    if inst is None or getattr(inst, "_continuity_training_routes", False):
+        return
+    from aiohttp import web
+
+    routes = inst.routes
+
+    @routes.get("/continuity/train/jobs")
+    async def _list(request):
+        return web.json_response({"jobs": [job_status(s["job_id"]) for s in training.REGISTRY.all()]})
+
+    @routes.get("/continuity/train/jobs/{job_id}")
+    async def _get(request):
+        try:
+            st = job_status(request.match_info["job_id"])
+        except ContinuityError as exc:
+            return web.json_response({"error": exc.message}, status=400)
+        if st is None:
+            return web.json_response({"error": "no such job"}, status=404)
+        return web.json_response(st)
+
+    @routes.post("/continuity/train/jobs/{job_id}/cancel")
+    async def _cancel(request):
+        try:
+            jid = training.check_job_name(request.match_info["job_id"], input="job_id")
+        except ContinuityError as exc:
+            return web.json_response({"error": exc.message}, status=400)
+        ok = training.REGISTRY.cancel(jid)
+        return web.json_response({"job_id": jid, "cancelled": ok}, status=200 if ok else 404)
+
+    inst._continuity_training_routes = True
+
+
+try:
+    _register_routes()
+except Exception:  # the nodes stay usable without the routes
+    log.exception("Continuity: could not register the training routes")
+
+
+NODES = [TrainLoRA, TrainingStatus]
