@@ -1,8 +1,10 @@
 """Dataset-stage nodes (V3 adapters over ``continuity.imageio`` and ``continuity.dataset``)."""
 from __future__ import annotations
 
+import json
 import os
 
+import numpy as np
 import torch
 from comfy_api.latest import io
 
@@ -10,7 +12,7 @@ from ..continuity import imageio
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
 from . import _common
-from ._types import CATEGORY
+from ._types import CATEGORY, Dataset, FaceModel
 
 
 class LoadImageFolder(io.ComfyNode):
@@ -106,4 +108,565 @@ class LoadImageFolder(io.ComfyNode):
         return io.NodeOutput(images, masks, names, captions, len(items))
 
 
-NODES = [LoadImageFolder]
+
+# ----------------------------------------------------------------------------- helpers
+
+DATASETS_SUBDIR = os.path.join("continuity", "datasets")
+
+
+def _datasets_root() -> str:
+    return os.path.join(_common.output_dir(), DATASETS_SUBDIR)
+
+
+def _first(v, default=None):
+    """A widget value from an is_input_list node (a list of one), or the value itself."""
+    if isinstance(v, list):
+        return v[0] if v else default
+    return default if v is None else v
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    arr = t.detach().cpu().float().numpy()
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def _detector(face_model=None, *, need: bool = True):
+    """The face detector of a connected FACE_MODEL, else the built-in one (mediapipe, else dlib)."""
+    from ..continuity import faces  # noqa: PLC0415
+    if face_model is not None:
+        return getattr(face_model, "detector", face_model)
+    name = "mediapipe" if faces.mediapipe_available() else "dlib"
+    return faces.get_detector(name)
+
+
+def _person_mask_fn():
+    from ..continuity import faces  # noqa: PLC0415
+    return faces.person_mask if faces.mediapipe_available() else None
+
+
+def _interrupt():
+    import comfy.model_management  # noqa: PLC0415
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _dataset_value(version) -> dict:
+    return version.as_dict()
+
+
+# ----------------------------------------------------------------------------- sheet cutting
+
+class CutCompositeSheet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityCutCompositeSheet",
+            display_name="Cut Composite Sheet (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            description=(
+                "Splits a composite sheet (several portraits of one character on one image) into single "
+                "images. Panels are found from gutters (flat bands) and seams (sharp full-length borders), "
+                "uneven layouts included; parts that still hold several faces are cut between the faces. "
+                "Each panel is then made square around its face and resized with Lanczos."),
+            inputs=[
+                io.Image.Input("sheet", tooltip="The composite sheet(s); every image of a batch is cut."),
+                io.Combo.Input("method", options=["auto", "gutters", "faces"], default="auto",
+                               tooltip="auto: gutters and seams, then faces split what still holds several. "
+                                       "gutters: borders only (no face detection). faces: cut between detected faces only."),
+                io.Boolean.Input("square", default=True,
+                                 tooltip="Make each panel the largest square inside it, placed on its face."),
+                io.Int.Input("size", default=1024, min=0, max=8192, step=8,
+                             tooltip="Side of the output squares (Lanczos); 0 keeps each panel's own size "
+                                     "(then the outputs are a list of different sizes)."),
+                io.Boolean.Input("drop_faceless", default=False,
+                                 tooltip="Drop panels in which no face was found (needs face detection)."),
+                FaceModel.Input("face_model", optional=True,
+                                tooltip="Face detector to use; without one, the built-in (MediaPipe, else dlib)."),
+            ],
+            outputs=[
+                io.Image.Output("images", display_name="images", is_output_list=True,
+                                tooltip="One image per panel, in reading order."),
+                io.String.Output("panels", display_name="panels",
+                                 tooltip="JSON: each panel's box in the sheet, how it was found and its face count."),
+                io.Int.Output("count", display_name="count", tooltip="Number of panels."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("sheet")
+    def execute(cls, sheet, method, square, size, drop_faceless, face_model=None) -> io.NodeOutput:
+        from ..continuity.dataset import sheet as sheetlib  # noqa: PLC0415
+        from ..continuity.dataset import square as sq  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+        out_images, records = [], []
+        for si, img in enumerate(_common.split_images(sheet)):
+            _interrupt()
+            u8 = _u8(img)
+            faces = []
+            if method != "gutters" or drop_faceless:
+                faces = _detector(face_model).detect(u8)
+            panels = sheetlib.find_panels(u8, faces, method="faces" if method == "faces" else
+                                          ("gutters" if method == "gutters" else "auto"))
+            for p in panels:
+                if drop_faceless and not p.faces:
+                    continue
+                box = p.box
+                if square:
+                    face_box = p.faces[0].box if p.faces else None
+                    box = sq.square_panel_box(p.box, face_box)
+                x0, y0, x1, y1 = box
+                crop = u8[y0:y1, x0:x1]
+                if size > 0 and (crop.shape[0] != size or crop.shape[1] != size):
+                    if square:
+                        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+                    else:
+                        s = size / max(crop.shape[:2])
+                        crop = np.asarray(Image.fromarray(crop).resize(
+                            (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), Image.LANCZOS))
+                out_images.append(_common.np_to_image(crop.astype(np.float32) / 255.0))
+                records.append({"sheet": si, "panel": [int(v) for v in p.box], "crop": [int(v) for v in box],
+                                "how": p.how, "faces": len(p.faces)})
+        if not out_images:
+            raise ContinuityError("no panel found (with drop_faceless, no panel had a face)", input="sheet")
+        return io.NodeOutput(out_images, json.dumps(records), len(out_images))
+
+
+# ----------------------------------------------------------------------------- square and resize
+
+class SquareAndResize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuitySquareAndResize",
+            display_name="Square and Resize (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            description=(
+                "A content-aware square crop around the character (face and person mask), resized to the "
+                "target side with Lanczos. Warns when the source would be upscaled beyond a chosen factor. "
+                "Images without a face are cropped at the centre."),
+            inputs=[
+                io.Image.Input("images", tooltip="Images of any sizes (a batch or a list)."),
+                io.Int.Input("size", default=1024, min=64, max=8192, step=8, tooltip="Side of the output square."),
+                io.Combo.Input("mode", options=["crop", "pad"], default="crop",
+                               tooltip="crop: the largest square inside the image, placed on the character. "
+                                       "pad: the whole image inside a square, padded with black."),
+                io.Float.Input("max_upscale", default=1.5, min=1.0, max=16.0, step=0.05,
+                               tooltip="Warn when the square is enlarged more than this factor."),
+                io.Boolean.Input("use_person_mask", default=True,
+                                 tooltip="Use the person mask (MediaPipe selfie segmentation) to keep the whole person in."),
+                io.Mask.Input("masks", optional=True, tooltip="Masks to cut the same way (e.g. inpaint masks)."),
+                FaceModel.Input("face_model", optional=True,
+                                tooltip="Face detector to use; without one, the built-in (MediaPipe, else dlib)."),
+            ],
+            outputs=[
+                io.Image.Output("images", display_name="images", tooltip="The squares, one batch per input."),
+                io.Mask.Output("masks", display_name="masks", tooltip="The masks cut the same way (zeros without masks)."),
+                io.String.Output("warnings", display_name="warnings", tooltip="Upscale warnings, one line per image ('' if none)."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, images, size, mode, max_upscale, use_person_mask, masks=None, face_model=None) -> io.NodeOutput:
+        from ..continuity.dataset import square as sq  # noqa: PLC0415
+        imgs = _common.split_images(images)
+        mlist = _common.split_masks(masks)
+        if mlist and len(mlist) not in (1, len(imgs)):
+            raise ContinuityError(f"{len(mlist)} masks for {len(imgs)} images", input="masks")
+        det = _detector(face_model)
+        pm = _person_mask_fn() if use_person_mask else None
+        outs, out_masks, warnings = [], [], []
+        for i, img in enumerate(imgs):
+            _interrupt()
+            u8 = _u8(img)
+            h, w = u8.shape[:2]
+            faces = det.detect(u8) if mode == "crop" else []
+            person = pm(u8) if (pm is not None and mode == "crop") else None
+            plan = sq.plan_square(w, h, face_box=faces[0].box if faces else None, person_mask=person,
+                                  target=size, max_upscale=max_upscale, mode=mode)
+            m = None
+            if mlist:
+                m = mlist[i if len(mlist) > 1 else 0].detach().cpu().float().numpy()
+                if m.shape != (h, w):
+                    raise ContinuityError(f"mask {m.shape[1]}x{m.shape[0]} does not match image {w}x{h}", input="masks")
+            rgb, mo = sq.apply_square(u8, plan, mask=m)
+            outs.append(_common.np_to_image(rgb))
+            out_masks.append(_common.np_to_mask(mo if mo is not None else np.zeros((size, size), np.float32)))
+            if plan.warning:
+                warnings.append(f"image {i + 1}: {plan.warning}")
+        return io.NodeOutput(torch.cat(outs), torch.cat(out_masks), "\n".join(warnings))
+
+
+# ----------------------------------------------------------------------------- audit
+
+class DatasetAudit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ..continuity.faces import embedders  # noqa: PLC0415
+        return io.Schema(
+            node_id="ContinuityDatasetAudit",
+            display_name="Dataset Audit (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            is_output_node=True,
+            is_input_list=True,
+            description=(
+                "Checks a dataset against the guidelines, per image and for the set: square, resolution, "
+                "count; framing (close-up, close-up portrait, portrait, 3/4 shot, full body; DreamShot "
+                "scales close/medium/long) from the face size and person mask; head pose (frontal, left, "
+                "right, up, down) from landmarks; near-duplicates; identity outliers against the set's "
+                "mean embedding. Gives a table, a coverage grid of what is missing and a contact sheet."),
+            inputs=[
+                io.Image.Input("images", tooltip="The dataset images (a list, e.g. from Load Image Folder, or a batch)."),
+                io.String.Input("filenames", optional=True, force_input=True,
+                                tooltip="Names for the table (Load Image Folder's filenames)."),
+                io.Combo.Input("identity_model", options=["none", *embedders.NAMES], default="dlib",
+                               tooltip="Identity embedding model for outliers (dlib is built in); none skips the check."),
+                io.Int.Input("min_side", default=1024, min=64, max=8192, tooltip="Guideline: smallest side in px."),
+                io.Int.Input("min_count", default=20, min=1, max=100000, tooltip="Guideline: least number of images."),
+                io.Float.Input("yaw_threshold", default=20.0, min=1.0, max=90.0,
+                               tooltip="Degrees of head turn beyond which an image counts as left/right."),
+                io.Float.Input("pitch_threshold", default=25.0, min=1.0, max=90.0,
+                               tooltip="Degrees of head tilt beyond which an image counts as up/down."),
+                io.Boolean.Input("use_person_mask", default=True,
+                                 tooltip="Use the person mask to tell full-body shots (person ends inside the frame)."),
+                FaceModel.Input("face_model", optional=True,
+                                tooltip="Face detector to use; without one, the built-in (MediaPipe, else dlib)."),
+            ],
+            outputs=[
+                io.String.Output("table", display_name="table", tooltip="The audit table (markdown) with the set summary and what is missing."),
+                io.String.Output("report_json", display_name="report_json", tooltip="Everything as JSON."),
+                io.Image.Output("coverage", display_name="coverage", tooltip="Grid framing x head pose: counts, red where missing."),
+                io.Image.Output("contact_sheet", display_name="contact_sheet", tooltip="Thumbnails with framing/pose labels; red frame = issues."),
+                io.String.Output("framing", display_name="framing", is_output_list=True,
+                                 tooltip="Framing class of each image (for captions)."),
+                io.String.Output("pose", display_name="pose", is_output_list=True, tooltip="Head pose class of each image."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, images, identity_model, min_side, min_count, yaw_threshold, pitch_threshold,
+                use_person_mask, filenames=None, face_model=None) -> io.NodeOutput:
+        import comfy.utils  # noqa: PLC0415
+        from ..continuity.dataset import audit as au  # noqa: PLC0415
+        from ..continuity.faces import embedders  # noqa: PLC0415
+        imgs = [_u8(t) for t in _common.split_images(images)]
+        if not imgs:
+            raise ContinuityError("no images", input="images")
+        names = list(filenames or [])
+        if names and len(names) != len(imgs):
+            raise ContinuityError(f"{len(names)} filenames for {len(imgs)} images", input="filenames")
+        fm = _first(face_model)
+        model = _first(identity_model, "dlib")
+        emb = None
+        if model != "none":
+            emb = embedders.get_embedder(model, models_dir=_common.models_dir())
+        opt = au.AuditOptions(min_side=_first(min_side), min_count=_first(min_count),
+                              yaw_threshold=_first(yaw_threshold), pitch_threshold=_first(pitch_threshold),
+                              use_person_mask=bool(_first(use_person_mask)))
+        pbar = comfy.utils.ProgressBar(len(imgs))
+
+        def progress(_i):
+            pbar.update(1)
+
+        _interrupt()
+        res = au.audit(imgs, names or None, detector=_detector(fm), embedder=emb,
+                       person_mask_fn=_person_mask_fn(), options=opt, progress=progress)
+        table = au.table_text(res)
+        cov = _common.np_to_image(au.coverage_image(res))
+        sheet = _common.np_to_image(au.contact_sheet(imgs, res))
+        return io.NodeOutput(table, json.dumps(res.as_dict()), cov, sheet,
+                             [r.framing for r in res.images], [r.pose for r in res.images],
+                             ui={"text": [table]})
+
+
+# ----------------------------------------------------------------------------- captions
+
+class BuildCaption(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityBuildCaption",
+            display_name="Build Caption (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            description=(
+                "Modular captions: trigger word, class, appearance, framing, background, extra - each part "
+                "separable. Also gives the matching regularization caption, where the character is replaced "
+                "by its class phrase ('photo of a man'). An existing caption (e.g. read by Load Image Folder) "
+                "is split into its parts and the non-empty widgets replace those parts."),
+            inputs=[
+                io.String.Input("trigger", default="ohwx", tooltip="The trigger word of the character."),
+                io.String.Input("class_word", default="man", tooltip="The class: man, woman, person, dog..."),
+                io.String.Input("appearance", default="", multiline=True,
+                                tooltip="Appearance parts, comma-separated (hair, eyes, clothes)."),
+                io.String.Input("framing", default="", tooltip="Framing part (e.g. close-up); connect Dataset Audit's framing list."),
+                io.String.Input("background", default="", tooltip="Background/light part (studio background, outdoors)."),
+                io.String.Input("extra", default="", tooltip="Anything else, comma-separated."),
+                io.String.Input("prefix", default="photo of", tooltip="Words before the subject."),
+                io.Boolean.Input("include_trigger", default=True, tooltip="Put the trigger word in the caption."),
+                io.Boolean.Input("include_appearance", default=True, tooltip="Put the appearance parts in the caption."),
+                io.Boolean.Input("include_framing", default=True, tooltip="Put the framing in the caption."),
+                io.Boolean.Input("include_background", default=True, tooltip="Put the background in the caption."),
+                io.String.Input("caption", optional=True, force_input=True,
+                                tooltip="An existing caption to start from (split into its parts)."),
+            ],
+            outputs=[
+                io.String.Output("caption", display_name="caption", tooltip="The caption."),
+                io.String.Output("regularization_caption", display_name="regularization_caption",
+                                 tooltip="The class-image caption: the character replaced by its class phrase."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("caption")
+    def execute(cls, trigger, class_word, appearance, framing, background, extra, prefix, include_trigger,
+                include_appearance, include_framing, include_background, caption=None) -> io.NodeOutput:
+        from ..continuity.dataset import captions as cp  # noqa: PLC0415
+        if framing == "unknown":
+            framing = ""
+        if caption:
+            cap = cp.parse(caption, trigger=trigger, class_word=class_word, prefix=prefix)
+            cap = cap.with_parts(appearance=cp.split_list(appearance), framing=framing, background=background,
+                                 extra=cp.split_list(extra))
+        else:
+            cap = cp.Caption(trigger=trigger, class_word=class_word, appearance=cp.split_list(appearance),
+                             framing=framing, background=background, extra=cp.split_list(extra), prefix=prefix)
+        include = {"class", "extra"}
+        if include_trigger:
+            include.add("trigger")
+        if include_appearance:
+            include.add("appearance")
+        if include_framing:
+            include.add("framing")
+        if include_background:
+            include.add("background")
+        reg = cp.Caption(class_word=cap.class_word, framing=cap.framing if include_framing else "",
+                         background=cap.background if include_background else "", extra=cap.extra,
+                         prefix=cap.prefix).regularization()
+        return io.NodeOutput(cap.compose(include), reg)
+
+
+# ----------------------------------------------------------------------------- versions
+
+def _name_ok(name: str) -> str:
+    from ..continuity.paths import safe_name  # noqa: PLC0415
+    return safe_name(name, input="name")
+
+
+def _scores_for(scores, n: int) -> list[dict]:
+    """Per-image score dicts from a SCORES value or JSON text (a list per image, or a dict)."""
+    if scores is None:
+        return [{} for _ in range(n)]
+    val = scores
+    if isinstance(val, str):
+        try:
+            val = json.loads(val) if val.strip() else None
+        except ValueError as exc:
+            raise ContinuityError(f"scores is not JSON: {exc}", input="scores") from exc
+    if hasattr(val, "per_image"):
+        val = val.per_image()
+    if isinstance(val, list) and len(val) == n:
+        return [v if isinstance(v, dict) else {"score": v} for v in val]
+    if isinstance(val, dict):
+        return [dict(val) for _ in range(n)]
+    return [{} for _ in range(n)]
+
+
+class SaveDatasetVersion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuitySaveDatasetVersion",
+            display_name="Save Dataset Version (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            is_output_node=True,
+            is_input_list=True,
+            description=(
+                "Writes images, captions (name.txt beside each image) and masks (masks/) into a new version "
+                "folder output/continuity/datasets/<name>/vN with a manifest.json (source of each image, "
+                "scores, hashes). The folder is built aside and moved into place whole; an existing version "
+                "is never changed."),
+            inputs=[
+                io.Image.Input("images", tooltip="The images (a list or batches)."),
+                io.String.Input("name", default="my_character", tooltip="Dataset name (a folder name, no slashes)."),
+                io.String.Input("note", default="", multiline=True, tooltip="A note stored in the manifest."),
+                io.String.Input("captions", optional=True, force_input=True, tooltip="One caption per image."),
+                io.String.Input("filenames", optional=True, force_input=True,
+                                tooltip="File names (Load Image Folder's filenames); stored as each image's source."),
+                io.Mask.Input("masks", optional=True, tooltip="One mask per image (e.g. inpaint masks), saved under masks/."),
+                io.String.Input("scores", optional=True, force_input=True,
+                                tooltip="Scores as JSON text: a list with one object per image, or one object for all."),
+            ],
+            outputs=[
+                Dataset.Output("dataset", display_name="dataset", tooltip="The version written (name, number, path, manifest)."),
+                io.String.Output("path", display_name="path", tooltip="The version folder."),
+                io.Int.Output("version", display_name="version", tooltip="The version number."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None, **kwargs):
+        try:
+            _name_ok(_first(name, ""))
+        except ContinuityError as exc:
+            return str(_common.node_error(cls, "name", exc.message))
+        return True
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, images, name, note, captions=None, filenames=None, masks=None, scores=None) -> io.NodeOutput:
+        from ..continuity.dataset import versions as vs  # noqa: PLC0415
+        name = _name_ok(_first(name, ""))
+        imgs = _common.split_images(images)
+        n = len(imgs)
+        caps = list(captions or [])
+        if caps and len(caps) == 1 and n > 1:
+            caps = caps * n
+        if caps and len(caps) != n:
+            raise ContinuityError(f"{len(caps)} captions for {n} images", input="captions")
+        names = list(filenames or [])
+        if names and len(names) != n:
+            raise ContinuityError(f"{len(names)} filenames for {n} images", input="filenames")
+        mlist = _common.split_masks(masks)
+        if mlist and len(mlist) != n:
+            raise ContinuityError(f"{len(mlist)} masks for {n} images", input="masks")
+        sc = _scores_for(_first(scores), n)
+        items = []
+        for i, img in enumerate(imgs):
+            m = mlist[i].detach().cpu().float().numpy() if mlist else None
+            if m is not None and m.shape != tuple(img.shape[:2]):
+                raise ContinuityError(f"mask {i + 1} is {m.shape[1]}x{m.shape[0]}, image is "
+                                      f"{img.shape[1]}x{img.shape[0]}", input="masks")
+            fname = names[i] if names else f"img{i + 1:04d}"
+            items.append(vs.Item(filename=fname, rgb=_u8(img), caption=caps[i] if caps else "", mask=m,
+                                 source=names[i] if names else "", scores=sc[i]))
+        ver = vs.save_version(_datasets_root(), name, items, note=_first(note, ""))
+        summary = f"{name} v{ver.number}: {n} images -> {ver.path}"
+        return io.NodeOutput(_dataset_value(ver), ver.path, ver.number, ui={"text": [summary]})
+
+
+class LoadDatasetVersion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityLoadDatasetVersion",
+            display_name="Load Dataset Version (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            description="Loads a version saved by Save Dataset Version (0 = the latest), with captions and masks.",
+            inputs=[
+                io.String.Input("name", default="my_character", tooltip="Dataset name."),
+                io.Int.Input("version", default=0, min=0, max=100000, tooltip="Version number; 0 = the latest."),
+            ],
+            outputs=[
+                Dataset.Output("dataset", display_name="dataset", tooltip="The version (for Merge Fixed Images)."),
+                io.Image.Output("images", display_name="images", is_output_list=True, tooltip="One image per file."),
+                io.Mask.Output("masks", display_name="masks", is_output_list=True, tooltip="Stored masks (zeros where none)."),
+                io.String.Output("filenames", display_name="filenames", is_output_list=True, tooltip="File names in the version."),
+                io.String.Output("captions", display_name="captions", is_output_list=True, tooltip="Captions."),
+                io.Int.Output("count", display_name="count", tooltip="Number of images."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name, **kwargs):
+        try:
+            _name_ok(name)
+        except ContinuityError as exc:
+            return str(_common.node_error(cls, "name", exc.message))
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, name, version, **kwargs):
+        try:
+            from ..continuity.fsutil import existing_versions  # noqa: PLC0415
+            return str(existing_versions(os.path.join(_datasets_root(), _name_ok(name)))) if not version else f"v{version}"
+        except ContinuityError:
+            return None
+
+    @classmethod
+    @_common.reports_errors("name")
+    def execute(cls, name, version) -> io.NodeOutput:
+        from ..continuity.dataset import versions as vs  # noqa: PLC0415
+        ver = vs.load_version(_datasets_root(), _name_ok(name), version)
+        images, masks, names, caps = [], [], [], []
+        for rec in ver.items:
+            rgb, _ = imageio.load_image(os.path.join(ver.path, rec["file"]))
+            m = np.zeros(rgb.shape[:2], np.float32)
+            if rec.get("mask_file"):
+                from PIL import Image  # noqa: PLC0415
+                with Image.open(os.path.join(ver.path, rec["mask_file"])) as im:
+                    m = np.asarray(im.convert("L"), np.float32) / 255.0
+            images.append(_common.np_to_image(rgb))
+            masks.append(_common.np_to_mask(m))
+            names.append(rec["file"])
+            caps.append(rec.get("caption", ""))
+        return io.NodeOutput(_dataset_value(ver), images, masks, names, caps, len(names))
+
+
+class MergeFixedImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityMergeFixedImages",
+            display_name="Merge Fixed Images (Continuity)",
+            category=f"{CATEGORY}/dataset",
+            is_output_node=True,
+            is_input_list=True,
+            description=(
+                "The feedback loop: makes the next version of a dataset from a version plus fixed images. A "
+                "fixed image replaces the file named in 'filenames' (the manifest records which version and "
+                "file it was fixed from); a name not in the version adds the image. The base version is "
+                "never changed."),
+            inputs=[
+                Dataset.Input("dataset", tooltip="The base version (Save or Load Dataset Version)."),
+                io.Image.Input("fixed_images", tooltip="The fixed images."),
+                io.String.Input("filenames", force_input=True,
+                                tooltip="For each fixed image, the file of the base version it replaces."),
+                io.String.Input("note", default="", multiline=True, tooltip="A note stored in the manifest."),
+                io.String.Input("captions", optional=True, force_input=True,
+                                tooltip="New captions for the fixed images (else the old caption is kept)."),
+                io.Mask.Input("masks", optional=True, tooltip="Masks of the fixed images (e.g. the inpainted area)."),
+                io.String.Input("scores", optional=True, force_input=True,
+                                tooltip="Scores of the fixed images as JSON text (a list, one object per image)."),
+            ],
+            outputs=[
+                Dataset.Output("dataset", display_name="dataset", tooltip="The new version."),
+                io.String.Output("path", display_name="path", tooltip="The new version folder."),
+                io.Int.Output("version", display_name="version", tooltip="The new version number."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("fixed_images")
+    def execute(cls, dataset, fixed_images, filenames, note, captions=None, masks=None, scores=None) -> io.NodeOutput:
+        from ..continuity.dataset import versions as vs  # noqa: PLC0415
+        ds = _first(dataset)
+        if not isinstance(ds, dict) or "name" not in ds:
+            raise ContinuityError("not a dataset version", input="dataset")
+        base = vs.load_version(_datasets_root(), _name_ok(ds["name"]), int(ds["version"]))
+        imgs = _common.split_images(fixed_images)
+        n = len(imgs)
+        names = list(filenames or [])
+        if len(names) != n:
+            raise ContinuityError(f"{len(names)} filenames for {n} fixed images", input="filenames")
+        caps = list(captions or [])
+        if caps and len(caps) != n:
+            raise ContinuityError(f"{len(caps)} captions for {n} fixed images", input="captions")
+        mlist = _common.split_masks(masks)
+        if mlist and len(mlist) != n:
+            raise ContinuityError(f"{len(mlist)} masks for {n} fixed images", input="masks")
+        sc = _scores_for(_first(scores), n)
+        fixes = [vs.Fix(target=names[i], rgb=_u8(img), caption=caps[i] if caps else "",
+                        mask=mlist[i].detach().cpu().float().numpy() if mlist else None, scores=sc[i])
+                 for i, img in enumerate(imgs)]
+        ver = vs.merge_fixed(_datasets_root(), base, fixes, note=_first(note, ""))
+        summary = f"{ver.name} v{ver.number} from v{base.number}: {len(ver.manifest.get('replaced', []))} replaced, " \
+                  f"{ver.manifest.get('added', 0)} added -> {ver.path}"
+        return io.NodeOutput(_dataset_value(ver), ver.path, ver.number, ui={"text": [summary]})
+
+
+NODES = [LoadImageFolder, CutCompositeSheet, SquareAndResize, DatasetAudit, BuildCaption,
+         SaveDatasetVersion, LoadDatasetVersion, MergeFixedImages]
