@@ -28,46 +28,67 @@ def _to_array(fig) -> np.ndarray:
     return (buf.astype(np.float32) / 255.0).copy()
 
 
+def _bars(ax, plt, summary, sets, models, key, err_key, with_lines):
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(sets))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, m in enumerate(models):
+        rows = {r["set"]: r for r in summary if r["model"] == m}
+        vals = [rows[s].get(key) if s in rows and rows[s].get(key) is not None else np.nan for s in sets]
+        errs = [rows[s].get(err_key) or 0.0 if (s in rows and err_key) else 0.0 for s in sets]
+        pos = x - 0.4 + width * (k + 0.5)
+        c = colors[k % len(colors)]
+        bars = ax.bar(pos, np.nan_to_num(vals, nan=0.0), width * 0.9, yerr=errs if err_key else None, capsize=3,
+                      label=m, color=c)
+        for b, v in zip(bars, vals):
+            cx = b.get_x() + b.get_width() / 2
+            if np.isnan(v):
+                ax.text(cx, 0.02, "n/a", ha="center", va="bottom", fontsize=7)
+            else:
+                ax.text(cx, v + 0.01 if v >= 0 else v - 0.01, f"{v:.3f}" if key == "mean" else f"{v:+.2f}",
+                        ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+        any_row = next(iter(rows.values()), None)
+        if with_lines and any_row is not None:
+            ax.hlines(any_row["threshold"], x.min() - 0.4, x.max() + 0.4, colors=c, linestyles="dashed", linewidth=1)
+            base = any_row.get("reference_baseline")
+            if base is not None:
+                ax.hlines(base, x.min() - 0.4, x.max() + 0.4, colors=c, linestyles="dotted", linewidth=1)
+    labels = []
+    for s in sets:
+        miss = sum(r["faces_missing"] for r in summary if r["set"] == s and r["model"] == models[0])
+        n = next((r["count"] for r in summary if r["set"] == s), 0)
+        labels.append(f"{s}\n(n={n}" + (f", {miss} no face)" if miss else ")"))
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+
+
 def bar_chart(summary: list[dict], title: str = "Identity similarity to the references",
-              size=(8.0, 4.5), dpi: int = 100) -> np.ndarray:
-    """``summary`` rows have set, model, mean, std, threshold, reference_baseline (None allowed)."""
+              size=(10.0, 4.5), dpi: int = 100) -> np.ndarray:
+    """Raw mean cosine per set and model (left) and the calibrated view (right).
+
+    ``summary`` rows have set, model, count, faces_missing, mean, std, threshold,
+    reference_baseline and calibrated_mean (None allowed). Calibrated: 0 at the model's own
+    threshold, 1 when as close as the references are to each other.
+    """
     plt = _plt()
     sets = list(dict.fromkeys(r["set"] for r in summary))
     models = list(dict.fromkeys(r["model"] for r in summary))
     with _plot_lock:
-        fig, ax = plt.subplots(figsize=size, dpi=dpi)
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=size, dpi=dpi, gridspec_kw={"width_ratios": [3, 2]})
         try:
-            width = 0.8 / max(1, len(models))
-            x = np.arange(len(sets))
-            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            for k, m in enumerate(models):
-                rows = {r["set"]: r for r in summary if r["model"] == m}
-                means = [rows[s]["mean"] if s in rows and rows[s]["mean"] is not None else np.nan for s in sets]
-                stds = [rows[s]["std"] if s in rows and rows[s]["std"] is not None else 0.0 for s in sets]
-                pos = x - 0.4 + width * (k + 0.5)
-                c = colors[k % len(colors)]
-                bars = ax.bar(pos, means, width * 0.9, yerr=stds, capsize=3, label=m, color=c)
-                for b, s, v in zip(bars, sets, means):
-                    if np.isnan(v):
-                        ax.text(b.get_x() + b.get_width() / 2, 0.02, "no face", ha="center", va="bottom",
-                                rotation=90, fontsize=7)
-                    else:
-                        ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.3f}", ha="center",
-                                va="bottom", fontsize=7)
-                any_row = next(iter(rows.values()), None)
-                if any_row is not None:
-                    ax.hlines(any_row["threshold"], pos.min() - width / 2, pos.max() + width / 2, colors=c,
-                              linestyles="dashed", linewidth=1)
-                    base = any_row.get("reference_baseline")
-                    if base is not None:
-                        ax.hlines(base, pos.min() - width / 2, pos.max() + width / 2, colors=c,
-                                  linestyles="dotted", linewidth=1)
-            ax.set_xticks(x)
-            ax.set_xticklabels(sets)
+            _bars(ax, plt, summary, sets, models, "mean", "std", True)
             ax.set_ylabel("mean cosine similarity")
-            ax.set_ylim(0, 1.08)
-            ax.set_title(title + "\n(dashed: model threshold, dotted: references among themselves)", fontsize=10)
+            ax.set_ylim(0, 1.1)
+            ax.set_title("raw (dashed: model threshold, dotted: references among themselves)", fontsize=9)
             ax.legend(fontsize=8, loc="lower right")
+            _bars(ax2, plt, summary, sets, models, "calibrated_mean", None, False)
+            ax2.axhline(0.0, color="gray", linestyle="dashed", linewidth=1)
+            ax2.axhline(1.0, color="gray", linestyle="dotted", linewidth=1)
+            ax2.set_title("calibrated (0: threshold, 1: as close as the references)", fontsize=9)
+            lo = min([r["calibrated_mean"] for r in summary if r.get("calibrated_mean") is not None] + [0.0])
+            hi = max([r["calibrated_mean"] for r in summary if r.get("calibrated_mean") is not None] + [1.0])
+            ax2.set_ylim(lo - 0.25, hi + 0.25)
+            fig.suptitle(title, fontsize=11)
             fig.tight_layout()
             return _to_array(fig)
         finally:
@@ -75,7 +96,7 @@ def bar_chart(summary: list[dict], title: str = "Identity similarity to the refe
 
 
 def embedding_heatmap(groups: dict[str, np.ndarray], title: str = "Face embeddings",
-                      size=(8.0, 4.5), dpi: int = 100) -> np.ndarray:
+                      size=(10.0, 4.5), dpi: int = 100) -> np.ndarray:
     """One heatmap row per image (grouped by set, separated by lines); columns are dimensions."""
     plt = _plt()
     names, rows, bounds = [], [], []
@@ -109,7 +130,7 @@ def embedding_heatmap(groups: dict[str, np.ndarray], title: str = "Face embeddin
 
 
 def embedding_lines(groups: dict[str, np.ndarray], title: str = "Face embeddings",
-                    size=(8.0, 4.5), dpi: int = 100) -> np.ndarray:
+                    size=(10.0, 4.5), dpi: int = 100) -> np.ndarray:
     """Each image's embedding as a thin line, coloured by set, with the set mean thicker."""
     plt = _plt()
     with _plot_lock:
