@@ -18,13 +18,13 @@ REPO = harness.REPO
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-FACES = REPO / "examples" / "faces"
+FACES = REPO / "assets" / "faces"
 ARTIFACTS = Path(os.environ.get("CONTINUITY_ARTIFACTS", REPO / "test-artifacts"))
 
 
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
-    """Real face photos (DeepFace's unit-test images, MIT; see examples/faces/README.md)."""
+    """Real face photos (DeepFace's unit-test images, MIT; see assets/faces/README.md)."""
     return FACES
 
 
