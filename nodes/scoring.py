@@ -383,6 +383,11 @@ def clip_similarity(clip_vision, references: list[torch.Tensor], candidates: lis
 
     Returns (per-candidate mean cosine to the references, per-candidate cosine to the prompt or None).
     """
+    with torch.inference_mode():
+        return _clip_similarity(clip_vision, references, candidates, clip, prompt)
+
+
+def _clip_similarity(clip_vision, references, candidates, clip, prompt):
     ref_e = clip_image_embeds(clip_vision, references)
     cand_e = clip_image_embeds(clip_vision, candidates)
     img_sim = (cand_e @ ref_e.T).mean(dim=1)
