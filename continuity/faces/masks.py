@@ -26,7 +26,8 @@ from ..errors import ContinuityError
 from . import REGIONS, FACE_PARTS, DEFAULT_REGIONS
 from .base import Face, as_uint8_rgb
 
-WORK_FACE = 128.0          # face height (px) at which hair, ears, beard and neck are worked out
+WORK_FACE = 128.0
+BEARD_COVER = 0.2           # share of the lower face that must be beard-coloured          # face height (px) at which hair, ears, beard and neck are worked out
 WHICH = ("largest", "most_confident", "index", "all")
 
 
@@ -67,7 +68,10 @@ def _geometry_from_mesh(m: np.ndarray) -> Geometry:
     if jaw[0, 0] > jaw[-1, 0]:
         jaw = jaw[::-1]
     samples = p[[50, 280, 151, 205, 425, 108, 337]]       # cheeks and forehead
-    return Geometry(oval=p[mpb.FACE_OVAL], parts=parts, jaw=jaw, cheeks=cheeks, skin_samples=samples,
+    oval = p[mpb.FACE_OVAL]
+    oc = oval.mean(0)
+    oval = oc + (oval - oc) * 1.03            # the mesh outline sits just inside the jaw line
+    return Geometry(oval=oval, parts=parts, jaw=jaw, cheeks=cheeks, skin_samples=samples,
                     center=p[mpb.FACE_OVAL].mean(0), up=up,
                     height=float(np.hypot(*(p[mpb.FOREHEAD_TOP] - p[mpb.CHIN]))),
                     width=float(np.hypot(*(b - a))), source="mesh")
@@ -330,19 +334,30 @@ class BuiltinParser:
             depth = 0.12 + 0.25 * max(0.0, float(np.dot(-up, d)))
             band_out.append(p + d * depth * F)
         band = cv_.poly([np.concatenate([jaw, np.array(band_out[::-1])])])
-        not_skin = (skin_d > 3.0).astype(np.uint8)
+        # a beard is hair: not skin-coloured, and textured (shadowed skin is smooth)
+        L = lab[..., 0].astype(np.float32)
+        kt = max(3, int(round(0.03 * F * S)) | 1)
+        var = cv2.blur(L * L, (kt, kt)) - cv2.blur(L, (kt, kt)) ** 2
+        tex = np.sqrt(np.maximum(var, 0))
+        sx = np.clip(np.round(cv_.local(g.skin_samples)).astype(int), 0, [cv_.shape[1] - 1, cv_.shape[0] - 1])
+        skin_tex = float(np.median(tex[sx[:, 1], sx[:, 0]]))
+        textured = (tex > max(6.0, 2.0 * skin_tex)).astype(np.uint8)
+        not_skin = ((skin_d > 6.0) | ((skin_d > 3.0) & (textured > 0))).astype(np.uint8)
         beard_out = band & free & not_skin & (1 - oval) & lower.astype(np.uint8)
         jaw_line = np.zeros_like(oval)
         cv2.polylines(jaw_line, [np.round(cv_.local(jaw)).astype(np.int32)], False, 1, thickness=max(3, k * 2))
-        beard_out = cv2.morphologyEx(beard_out, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        ko = max(3, int(round(0.05 * F * S)) | 1)                      # beards are thick, jaw edges thin
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko))
+        beard_out = cv2.morphologyEx(beard_out, cv2.MORPH_OPEN, kernel)
         beard_out = _keep_touching(beard_out, jaw_line)
         mouth_level = (height_above_chin < 0.4 * F).astype(np.uint8)
         beard_in = oval & not_skin & mouth_level & (1 - cv_.poly(g.parts.get("mouth", [])))
-        beard_in = cv2.morphologyEx(beard_in, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        beard = beard_out | beard_in
-        # only call it a beard when there is a real amount of it
-        if beard.sum() < 0.02 * F * W:
-            beard = np.zeros_like(beard)
+        beard_in = cv2.morphologyEx(beard_in, cv2.MORPH_OPEN, kernel)
+        # only call it a beard when the lower face itself is covered by hair (a beard grows on the
+        # face first): then follow it under the jaw; shadows and collars alone are not a beard
+        lower_face = oval & mouth_level & (1 - cv_.poly(g.parts.get("mouth", [])))
+        covered = beard_in.sum() / max(1, lower_face.sum())
+        beard = beard_out | beard_in if covered >= BEARD_COVER else np.zeros_like(beard_in)
         res["beard"] = beard
         # ---- neck: skin-coloured person pixels under the jaw
         neck_zone = below & (height_above_chin > -0.9 * F).astype(np.uint8)
@@ -350,7 +365,7 @@ class BuiltinParser:
         # ---- hair: the head ellipse above the chin, minus face, ears, beard and the area under the jaw
         head_c = g.center + up * 0.22 * F
         head = cv_.poly([_ellipse_poly(head_c, 0.95 * W, 0.9 * F, angle)])
-        core = head & free & (1 - oval_d) & (1 - below) & (height_above_chin > 0).astype(np.uint8) & (1 - ear)
+        core = head & free & (1 - oval) & (1 - below) & (height_above_chin > 0).astype(np.uint8) & (1 - ear)
         # hair colour from the part above the brows
         brow_level = (height_above_chin > 0.75 * F)
         sample = core.astype(bool) & brow_level

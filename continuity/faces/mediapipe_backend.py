@@ -64,10 +64,10 @@ def available() -> bool:
 
 def _graph(kind: str, option: int):
     key = (kind, option)
+    mp = _import()
     with _lock:
         g = _graphs.get(key)
         if g is None:
-            mp = _import()
             if kind == "detect":
                 g = mp.solutions.face_detection.FaceDetection(model_selection=option, min_detection_confidence=0.3)
             elif kind == "mesh":
