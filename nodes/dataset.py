@@ -262,8 +262,8 @@ class SquareAndResize(io.ComfyNode):
                                 tooltip="Face detector to use; without one, the built-in (MediaPipe, else dlib)."),
             ],
             outputs=[
-                io.Image.Output("images", display_name="images", tooltip="The squares, one batch per input."),
-                io.Mask.Output("masks", display_name="masks", tooltip="The masks cut the same way (zeros without masks)."),
+                io.Image.Output("squares", display_name="images", tooltip="The squares, one batch per input."),
+                io.Mask.Output("square_masks", display_name="masks", tooltip="The masks cut the same way (zeros without masks)."),
                 io.String.Output("warnings", display_name="warnings", tooltip="Upscale warnings, one line per image ('' if none)."),
             ],
         )
@@ -414,7 +414,7 @@ class BuildCaption(io.ComfyNode):
                                 tooltip="An existing caption to start from (split into its parts)."),
             ],
             outputs=[
-                io.String.Output("caption", display_name="caption", tooltip="The caption."),
+                io.String.Output("caption_out", display_name="caption", tooltip="The caption."),
                 io.String.Output("regularization_caption", display_name="regularization_caption",
                                  tooltip="The class-image caption: the character replaced by its class phrase."),
             ],
@@ -633,7 +633,7 @@ class MergeFixedImages(io.ComfyNode):
                                 tooltip="Scores of the fixed images as JSON text (a list, one object per image)."),
             ],
             outputs=[
-                Dataset.Output("dataset", display_name="dataset", tooltip="The new version."),
+                Dataset.Output("new_dataset", display_name="dataset", tooltip="The new version."),
                 io.String.Output("path", display_name="path", tooltip="The new version folder."),
                 io.Int.Output("version", display_name="version", tooltip="The new version number."),
             ],

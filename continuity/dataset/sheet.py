@@ -67,14 +67,33 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def _flat_lines(region: np.ndarray, axis: int, tol: float) -> np.ndarray:
-    """For each line across ``axis`` (rows if axis=0), whether it is one flat colour."""
+def _flat_lines(region: np.ndarray, axis: int, tol: float, colour: np.ndarray | None = None) -> np.ndarray:
+    """For each line across ``axis`` (rows if axis=0), whether it is one flat colour (the gutter
+    colour, when it is known)."""
     # std over the line of each channel, max over channels
     if axis == 0:
         std = region.std(axis=1).max(axis=-1)
+        mean = region.mean(axis=1)
     else:
         std = region.std(axis=0).max(axis=-1)
-    return std <= tol
+        mean = region.mean(axis=0)
+    flat = std <= tol
+    if colour is not None:
+        flat &= np.abs(mean - colour[None, :]).max(axis=-1) <= 0.06
+    return flat
+
+
+def gutter_colour(img: np.ndarray, tol: float) -> np.ndarray | None:
+    """The colour of the lines that run flat across the whole sheet (outer margins, main gutters)."""
+    lines = []
+    for axis in (0, 1):
+        flat = _flat_lines(img, axis, tol)
+        if flat.any():
+            means = img.mean(axis=1 if axis == 0 else 0)[flat]
+            lines.append(means)
+    if not lines:
+        return None
+    return np.median(np.concatenate(lines), axis=0).astype(np.float32)
 
 
 def _seam_scores(region: np.ndarray, axis: int) -> np.ndarray:
@@ -94,10 +113,11 @@ def _seam_scores(region: np.ndarray, axis: int) -> np.ndarray:
     return np.concatenate([[0.0], med])
 
 
-def _split_positions(region: np.ndarray, axis: int, opt: SheetOptions, min_len: int) -> tuple[list[tuple[int, int]], str]:
+def _split_positions(region: np.ndarray, axis: int, opt: SheetOptions, min_len: int,
+                     colour: np.ndarray | None = None) -> tuple[list[tuple[int, int]], str]:
     """Sub-ranges of the region along ``axis`` separated by gutters or seams (one range = no split)."""
     n = region.shape[axis]
-    flat = _flat_lines(region, axis, opt.gutter_tolerance)
+    flat = _flat_lines(region, axis, opt.gutter_tolerance, colour)
     content = _runs(~flat)
     content = [(a, b) for a, b in content if b - a >= min_len]
     if len(content) > 1 or (len(content) == 1 and content[0] != (0, n)):
@@ -129,6 +149,7 @@ def find_panels_by_borders(rgb: np.ndarray, options: SheetOptions | None = None)
     h, w = img.shape[:2]
     min_len = max(opt.min_panel_px, int(round(opt.min_panel_fraction * min(h, w))))
     out: list[tuple[Box, str]] = []
+    colour = gutter_colour(img, opt.gutter_tolerance)
 
     def rec(box: Box, axis: int, depth: int, how: str, failed_other: bool):
         x0, y0, x1, y1 = box
@@ -136,7 +157,7 @@ def find_panels_by_borders(rgb: np.ndarray, options: SheetOptions | None = None)
         if depth > opt.max_depth:
             out.append((box, how))
             return
-        ranges, kind = _split_positions(region, axis, opt, min_len)
+        ranges, kind = _split_positions(region, axis, opt, min_len, colour)
         if len(ranges) == 1 and ranges[0] == (0, region.shape[axis]):
             if failed_other:
                 out.append((box, how))
@@ -152,8 +173,8 @@ def find_panels_by_borders(rgb: np.ndarray, options: SheetOptions | None = None)
     trimmed = []
     for (x0, y0, x1, y1), how in out:
         region = img[y0:y1, x0:x1]
-        rows = np.flatnonzero(~_flat_lines(region, 0, opt.gutter_tolerance))
-        cols = np.flatnonzero(~_flat_lines(region, 1, opt.gutter_tolerance))
+        rows = np.flatnonzero(~_flat_lines(region, 0, opt.gutter_tolerance, colour))
+        cols = np.flatnonzero(~_flat_lines(region, 1, opt.gutter_tolerance, colour))
         if rows.size and cols.size:
             box = (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
         else:
