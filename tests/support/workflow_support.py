@@ -1,0 +1,105 @@
+"""Helpers for the workflow tests: user model files by name, inputs, tiny-model substitution."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+FACES = REPO / "assets" / "faces"
+
+# loader input name -> ComfyUI models subfolder
+MODEL_INPUTS = {
+    "ckpt_name": "checkpoints", "lora_name": "loras", "vae_name": "vae", "unet_name": "diffusion_models",
+    "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+    "control_net_name": "controlnet", "upscale_model_name": "upscale_models",
+    "base_model": "checkpoints", "ae_model": "vae", "clip_l": "text_encoders", "t5xxl": "text_encoders",
+}
+
+TINY_LOADERS = {"CheckpointLoaderSimple"}
+
+
+def model_widget_names() -> set[str]:
+    return set(MODEL_INPUTS)
+
+
+def load_api(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    for node in data.values():
+        node.get("_meta", {}).pop("note", None)
+    return data
+
+
+def provide_model_files(base: Path, prompt: dict) -> None:
+    """Create the model files a workflow names (empty safetensors) so that validation finds them."""
+    from safetensors.torch import save_file
+    import torch
+    for node in prompt.values():
+        for key, value in node.get("inputs", {}).items():
+            if key in MODEL_INPUTS and isinstance(value, str) and value:
+                target = base / "models" / MODEL_INPUTS[key] / value
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"continuity_placeholder": torch.zeros(1)}, str(target))
+
+
+def provide_inputs(base: Path, prompt: dict) -> None:
+    """Put what the workflows read from ComfyUI's input folder there: image files, image folders."""
+    inp = base / "input"
+    for node in prompt.values():
+        inputs = node.get("inputs", {})
+        if node["class_type"] in ("LoadImage", "LoadImageMask") and isinstance(inputs.get("image"), str):
+            src = FACES / Path(inputs["image"]).name
+            dst = inp / inputs["image"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                if src.exists():
+                    shutil.copy(src, dst)
+                else:
+                    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)).save(dst)
+        folder = inputs.get("folder")
+        if node["class_type"].startswith("Continuity") and isinstance(folder, str) and folder:
+            dst = inp / folder
+            if not dst.exists():
+                dst.mkdir(parents=True)
+                # the example folders of the workflows name the photos they expect in their _meta
+                names = node.get("_meta", {}).get("example_files") or ["img1.jpg", "img2.jpg"]
+                for name in names:
+                    shutil.copy(FACES / name, dst / name)
+
+
+def runnable(path: Path) -> bool:
+    """A workflow runs here unless it needs real weights that cannot be substituted by tiny ones."""
+    data = json.loads(Path(path).read_text())
+    return not any(n.get("_meta", {}).get("needs_real_models") for n in data.values())
+
+
+def for_tiny_models(prompt: dict) -> dict:
+    """Swap checkpoint loaders for the tiny random-weight models (same outputs: MODEL, CLIP, VAE)."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        if node["class_type"] in TINY_LOADERS:
+            node["class_type"] = "ContinuityTestTinyModels"
+            node["inputs"] = {"seed": 0, "inpaint_model": False}
+        for key in ("width", "height"):
+            if node["class_type"] == "EmptyLatentImage" and isinstance(node["inputs"].get(key), int):
+                node["inputs"][key] = 64
+        if "target_size" in node.get("inputs", {}) and isinstance(node["inputs"]["target_size"], int):
+            node["inputs"]["target_size"] = 128
+    return prompt
+
+
+def signature(prompt: dict) -> list:
+    """A comparable form of an API prompt that ignores node ids: class types, widget values, links."""
+    ids = {nid: (n["class_type"], json.dumps({k: v for k, v in sorted(n["inputs"].items())
+                                              if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))},
+                                             sort_keys=True)) for nid, n in prompt.items()}
+    out = []
+    for nid, n in prompt.items():
+        links = sorted((k, ids[v[0]][0], v[1]) for k, v in n["inputs"].items()
+                       if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in ids)
+        out.append((ids[nid][0], ids[nid][1], links))
+    return sorted(out)

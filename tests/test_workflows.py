@@ -1,0 +1,89 @@
+"""Issue 8: the shipped workflows load in the real frontend, validate, and run where they can.
+
+Every workflow exists twice: ``workflows/api/NAME.json`` (API format, for POST /prompt; the
+source) and ``workflows/NAME.json`` (UI format, built from it by scripts/build_workflows.py with
+the real frontend, listed in ComfyUI's template browser).
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+import harness
+import workflow_support as ws
+
+REPO = Path(__file__).resolve().parents[1]
+API = sorted((REPO / "workflows" / "api").glob("*.json"))
+UI = sorted(p for p in (REPO / "workflows").glob("*.json"))
+
+
+def test_every_workflow_has_both_formats():
+    assert API, "no workflows shipped"
+    assert {p.stem for p in API} == {p.stem for p in UI}
+
+
+@pytest.mark.comfy
+def test_every_pack_node_appears_in_a_workflow(comfy):
+    import nodes
+    ours = {k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("Continuity") and "Test" not in k}
+    used = set()
+    for p in API:
+        used |= {n["class_type"] for n in json.loads(p.read_text()).values()}
+    assert ours - used == set(), f"nodes in no workflow: {sorted(ours - used)}"
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("path", API, ids=lambda p: p.stem)
+def test_api_workflow_validates(comfy, path):
+    """The check POST /prompt makes, with the user's model files present by name."""
+    prompt = ws.load_api(path)
+    ws.provide_model_files(comfy.base, prompt)
+    ws.provide_inputs(comfy.base, prompt)
+    ok, err, outputs, node_errors = comfy.validate(prompt)
+    assert ok, f"{path.name}: {err} {json.dumps(node_errors)[:3000]}"
+    assert outputs
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", [p for p in API if ws.runnable(p)], ids=lambda p: p.stem)
+def test_workflow_runs_end_to_end_on_the_live_server(server, path):
+    prompt = ws.for_tiny_models(ws.load_api(path))
+    ws.provide_model_files(server.base, prompt)
+    ws.provide_inputs(server.base, prompt)
+    entry = server.run(prompt, timeout=600)
+    assert entry["status"]["status_str"] == "success"
+    assert entry["outputs"], f"{path.name} produced no output"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(harness.find_chromium() is None, reason="chromium not installed")
+def test_ui_workflows_load_in_the_frontend(server, browser_factory, artifacts_dir):
+    status, _ = server.request("POST", "/settings/Comfy.TutorialCompleted", True)
+    page = browser_factory(server.url)
+    page.wait_for("!!(window.app && window.app.graph && Object.keys(LiteGraph.registered_node_types).length > 100)",
+                  timeout=120)
+    templates = server.get("/workflow_templates")
+    for path in UI:
+        assert path.stem in templates.get(harness.PACK_LINK_NAME, []), f"{path.name} not in the template browser"
+        status, raw = server.request("GET", f"/api/workflow_templates/{harness.PACK_LINK_NAME}/{path.name}")
+        assert status == 200, f"template {path.name} not served"
+        ui = json.loads(raw)
+        page.eval("app.graph.clear()")
+        page.eval(f"app.loadGraphData({json.dumps(ui)}, true, true, {json.dumps(path.stem)})")
+        missing = page.eval("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+        assert missing == [], f"{path.name}: missing node types {missing}"
+        # widget values the frontend accepts: combos hold one of their options, numbers within range
+        bad = page.eval("""app.graph._nodes.flatMap(n => (n.widgets || []).filter(w => {
+              if (w.type === 'combo') { const v = w.options?.values; const vals = typeof v === 'function' ? v() : v;
+                                        return Array.isArray(vals) && vals.length && !vals.includes(w.value); }
+              if (w.type === 'number') { return (w.options?.min !== undefined && w.value < w.options.min) ||
+                                                (w.options?.max !== undefined && w.value > w.options.max); }
+              return false; }).map(w => n.type + '.' + w.name + '=' + JSON.stringify(w.value)))""")
+        model_combos = ws.model_widget_names()
+        bad = [b for b in bad if b.split("=")[0].split(".")[-1] not in model_combos]
+        assert bad == [], f"{path.name}: widget values out of range: {bad}"
+        # the UI graph serialises to the same API prompt as its twin
+        prompt = page.eval("app.graphToPrompt().then(p => p.output)")
+        api = ws.load_api(REPO / "workflows" / "api" / path.name)
+        assert ws.signature(prompt) == ws.signature(api), f"{path.name}: UI and API formats differ"
+        page.screenshot(artifacts_dir / "workflows" / f"{path.stem}.png")
