@@ -149,7 +149,8 @@ class FaceAnalyzer:
             raise MissingModelError("the identity embedders (continuity.faces.embedders) are not available",
                                     input="face_model") from exc
         name = self.embedder_name
-        return embedders.get_embedder(name, device=self.device, models_dir=self.models_dir)
+        models_dir = self.models_dir if self.backend == "insightface" else None
+        return embedders.get_embedder(name, device=self.device, models_dir=models_dir)
 
     def __repr__(self) -> str:  # shown in ComfyUI's debug output
         return (f"FaceAnalyzer(backend={self.backend!r}, parser={getattr(self.parser, 'name', '?')!r}, "

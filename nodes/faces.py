@@ -1,0 +1,212 @@
+"""Face-analysis nodes: load a face model, detect faces, Face Region Mask (V3 adapters over
+``continuity.faces``)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+import folder_paths
+
+from ..continuity import faces as cf
+from ..continuity.errors import ContinuityError
+from ..continuity.faces import masks as cmasks
+from ..continuity.faces.draw import FaceBatch, draw_faces, overlay
+from . import _common
+from ._types import CATEGORY, FaceModel, Faces
+
+# Pro-backend weights live in ComfyUI model folders (models/facexlib, models/insightface).
+for _name in ("facexlib", "insightface"):
+    if _name not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name), is_default=True)
+
+REGION_TIPS = {
+    "skin": "Face skin (a beard inside the face outline counts as skin, as in CelebAMask-HQ).",
+    "brows": "Eyebrows.", "eyes": "Eyes.", "nose": "Nose.", "mouth": "Mouth and lips.",
+    "ears": "Ears.", "hair": "Hair (long hair is followed below the chin when its colour matches).",
+    "beard": "Beard and moustache beyond the face outline (needs person segmentation or a parser).",
+    "neck": "Neck skin under the jaw.", "glasses": "Glasses (BiSeNet parser only).", "hat": "Hat (BiSeNet parser only).",
+}
+REGION_DEFAULTS = {r: r in cf.DEFAULT_REGIONS for r in cf.REGIONS}
+
+
+def _models_dir(backend: str) -> str | None:
+    folder = {"retinaface": "facexlib", "insightface": "insightface"}.get(backend)
+    if folder is None:
+        return None
+    return folder_paths.get_folder_paths(folder)[0]
+
+
+def _rgb_list(images) -> list[np.ndarray]:
+    return [cf.as_uint8_rgb(t.detach().cpu().float().numpy()) for t in _common.split_images(images)]
+
+
+class FaceModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityFaceModelLoader",
+            display_name="Load Face Model (Continuity)",
+            category=f"{CATEGORY}/faces",
+            description=("Loads a face-analysis backend: a detector, a region parser and the name of the identity "
+                         "embedder. 'mediapipe' and 'dlib' work offline out of the box; 'retinaface' (facexlib) and "
+                         "'insightface' use weights in models/facexlib and models/insightface (downloaded on first "
+                         "use when online). Models are loaded once per process."),
+            inputs=[
+                io.Combo.Input("backend", options=list(cf.BACKENDS), default="mediapipe",
+                               tooltip="Face detector. mediapipe: fast, finds faces down to ~20 px, gives the 478-point "
+                                       "mesh. dlib: HOG + 68 landmarks (frontal faces). retinaface / insightface: "
+                                       "best detectors, need downloaded weights (non-commercial licences)."),
+                io.Combo.Input("parser", options=list(cf.PARSERS), default="auto",
+                               tooltip="Region parser. auto: mediapipe (mesh + person segmentation: face parts, hair, "
+                                       "ears, beard, neck) when installed, else landmarks (face parts only). bisenet: "
+                                       "facexlib's 19-class face parser (adds glasses and hat)."),
+                io.String.Input("embedder", default="auto",
+                                tooltip="Name of the identity embedder used by the scoring nodes ('auto' picks the "
+                                        "best one available)."),
+                io.Combo.Input("device", options=["cpu", "auto"], default="cpu",
+                               tooltip="Where the pro networks run; auto uses ComfyUI's torch device."),
+            ],
+            outputs=[FaceModel.Output("face_model", display_name="face_model",
+                                      tooltip="The loaded face-analysis backend.")],
+        )
+
+    @classmethod
+    @_common.reports_errors("backend")
+    def execute(cls, backend, parser, embedder, device) -> io.NodeOutput:
+        if device == "auto":
+            import comfy.model_management as mm  # noqa: PLC0415
+            device = str(mm.get_torch_device())
+        models_dir = _models_dir(backend) or (_models_dir("retinaface") if parser == "bisenet" else None)
+        analyzer = cf.load_analyzer(backend, device=device, models_dir=models_dir, parser=parser,
+                                    embedder=embedder.strip() or "auto")
+        return io.NodeOutput(analyzer)
+
+
+class FaceDetect(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityFaceDetect",
+            display_name="Detect Faces (Continuity)",
+            category=f"{CATEGORY}/faces",
+            description=("Finds the faces in each image of a batch (largest first), keeping the image index, and "
+                         "draws a preview with boxes, scores and landmarks. An image without a face gives an empty "
+                         "list, not an error."),
+            inputs=[
+                FaceModel.Input("face_model", tooltip="From Load Face Model."),
+                io.Image.Input("images", tooltip="A batch of images (RGB, RGBA or grey)."),
+                io.Int.Input("min_size", default=32, min=0, max=4096,
+                             tooltip="Ignore faces whose box is smaller than this many pixels (tiny faces cannot be "
+                                     "parsed reliably)."),
+            ],
+            outputs=[
+                Faces.Output("faces", display_name="faces", tooltip="Faces per image, with the image index."),
+                io.Image.Output("preview", display_name="preview", tooltip="Images with boxes and landmarks."),
+                io.Int.Output("count", display_name="count", tooltip="Number of faces in the whole batch."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, face_model, images, min_size) -> io.NodeOutput:
+        batch = FaceBatch(backend=face_model.backend)
+        previews = []
+        for i, rgb in enumerate(_rgb_list(images)):
+            faces = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_size]
+            batch.faces.append(faces)
+            batch.sizes.append(rgb.shape[:2])
+            previews.append(torch.from_numpy(draw_faces(rgb, faces).astype(np.float32) / 255.0))
+        return io.NodeOutput(batch, torch.stack(previews), batch.count)
+
+
+class FaceRegionMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        regions = [io.Boolean.Input(r, default=REGION_DEFAULTS[r], tooltip=REGION_TIPS[r]) for r in cf.REGIONS]
+        return io.Schema(
+            node_id="ContinuityFaceRegionMask",
+            display_name="Face Region Mask (Continuity)",
+            category=f"{CATEGORY}/faces",
+            description=("A mask of the chosen face's regions (skin, brows, eyes, nose, mouth, ears, hair, beard, neck, "
+                         "glasses, hat) for every image of a batch, aligned with the batch. Regions the parser cannot "
+                         "give are listed in 'info'. An image without a face gets an empty mask (or an error, if "
+                         "asked)."),
+            inputs=[
+                FaceModel.Input("face_model", tooltip="From Load Face Model."),
+                io.Image.Input("images", tooltip="A batch of images (RGB, RGBA or grey)."),
+                io.Combo.Input("which", options=list(cmasks.WHICH), default="largest",
+                               tooltip="Which face: the largest, the most confident, the one at 'index' (0 = largest), "
+                                       "or all of them."),
+                io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index (0 = largest)."),
+                *regions,
+                io.Float.Input("grow", default=0.0, min=-4096.0, max=4096.0, step=0.5,
+                               tooltip="Grow (> 0) or shrink (< 0) the mask of each face."),
+                io.Combo.Input("grow_unit", options=["px", "percent"], default="px",
+                               tooltip="px: pixels; percent: per cent of the face box size."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=512.0, step=0.5,
+                               tooltip="Soft edge width in pixels (Gaussian blur, sigma = feather / 2)."),
+                io.Boolean.Input("fill_holes", default=True,
+                                 tooltip="Fill enclosed holes (regions switched off stay out)."),
+                io.Int.Input("min_size", default=32, min=0, max=4096,
+                             tooltip="Ignore faces whose box is smaller than this many pixels."),
+                io.Combo.Input("if_no_face", options=["empty mask", "error"], default="empty mask",
+                               tooltip="What an image without a face gives: an all-zero mask, or an error."),
+                Faces.Input("faces", optional=True,
+                            tooltip="Faces already found by Detect Faces on these images (skips detection)."),
+            ],
+            outputs=[
+                io.Mask.Output("mask", display_name="mask", tooltip="One mask per image, same size and order."),
+                io.Image.Output("preview", display_name="preview", tooltip="The images with the mask overlaid."),
+                io.Int.Output("count", display_name="count", tooltip="Number of faces found in the whole batch."),
+                io.String.Output("info", display_name="info",
+                                 tooltip="Faces per image, and the regions the parser could not give."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, face_model, images, which, index, grow, grow_unit, feather, fill_holes, min_size, if_no_face,
+                faces=None, **switches) -> io.NodeOutput:
+        regions = [r for r in cf.REGIONS if switches.get(r)]
+        if not regions:
+            raise ContinuityError("no region is switched on", input="skin")
+        rgbs = _rgb_list(images)
+        if faces is not None and len(faces.faces) != len(rgbs):
+            raise ContinuityError(f"the faces come from {len(faces.faces)} image(s) but {len(rgbs)} image(s) were given",
+                                  input="faces")
+        masks, previews, counts, total = [], [], [], 0
+        unavailable: tuple[str, ...] = ()
+        for i, rgb in enumerate(rgbs):
+            if faces is not None:
+                if tuple(faces.sizes[i]) != rgb.shape[:2]:
+                    raise ContinuityError(f"image {i} is {rgb.shape[1]}x{rgb.shape[0]} but its faces were found on a "
+                                          f"{faces.sizes[i][1]}x{faces.sizes[i][0]} image", input="faces")
+                found = list(faces.faces[i])
+            else:
+                found = face_model.detect(rgb, image_index=i)
+            found = [f for f in found if max(f.width, f.height) >= min_size]
+            if not found and if_no_face == "error":
+                raise ContinuityError(f"no face found in image {i} of the batch", input="images")
+            res = cmasks.region_masks(rgb, found, regions=regions, which=which, index=index, grow=grow,
+                                      grow_unit=grow_unit, feather=feather, fill_holes=fill_holes,
+                                      parser=face_model.parser, image_index=i)
+            unavailable = res.unavailable
+            masks.append(torch.from_numpy(res.mask.astype(np.float32)))
+            previews.append(torch.from_numpy(overlay(rgb, res.mask, faces=res.chosen).astype(np.float32) / 255.0))
+            counts.append(len(found))
+            total += len(found)
+        info = "faces per image: " + ", ".join(str(c) for c in counts)
+        if unavailable:
+            info += (f"; the '{face_model.parser.name}' parser cannot give: {', '.join(unavailable)} "
+                     "(use the bisenet parser for glasses and hat)")
+        return io.NodeOutput(_stack(masks), _stack(previews), total, info)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors)  # a batch has one size; list inputs run once per item
+
+
+NODES = [FaceModelLoader, FaceDetect, FaceRegionMask]
