@@ -174,6 +174,8 @@ def time_plot(series: dict[str, list[float | None]], *, threshold: float | None 
                     ax.plot(x[miss], np.full(miss.sum(), lo), "x", color="red", label="no face")
             if threshold is not None:
                 ax.axhline(threshold, color="gray", linestyle="dashed", linewidth=1, label="threshold")
+            from matplotlib.ticker import MaxNLocator
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("frame")
             ax.set_ylabel(ylabel)
             ax.set_title(title, fontsize=10)
