@@ -344,4 +344,411 @@ class RecordCharacterResult(io.ComfyNode):
         return io.NodeOutput(new, new.summary(), ui={"text": [new.summary()]})
 
 
-NODES = [LoadCharacter, SaveCharacter, CharacterInfo, RecordCharacterResult]
+
+# ----------------------------------------------------------------------------- shared: sampling, scoring
+
+def _encode_text(clip, text: str):
+    import nodes as comfy_nodes
+    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def _apply_character_lora(char, model, clip, strength: float) -> tuple[object, object, str]:
+    """The character's latest LoRA applied to model and clip, if it is in ComfyUI's loras folder."""
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+    lora = char.latest_lora()
+    if lora is None or strength == 0:
+        return model, clip, "no LoRA" if lora is None else "LoRA off (strength 0)"
+    path = folder_paths.get_full_path("loras", lora["name"])
+    if path is None:
+        return model, clip, f"LoRA '{lora['name']}' is not in the loras folder; sampled without it"
+    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    model, clip = comfy.sd.load_lora_for_models(model, clip, sd, strength, strength)
+    return model, clip, f"LoRA {lora['name']} at {strength}"
+
+
+def _scorer(face_model):
+    """(detector, embedder) for scoring: the connected face model's, else dlib's (cached per process)."""
+    if face_model is not None:
+        det, emb, _ = face_backend(face_model)
+        return det, emb
+    from ..continuity.faces import embedders
+    from ..continuity.scoring.similarity import get_face_detector
+    return get_face_detector("dlib"), embedders.get_embedder("dlib")
+
+
+def _identity_scores(char, images: list[np.ndarray], det, emb) -> list[tuple[float | None, int]]:
+    """(mean similarity to the references or None, faces found) per image (embeddings cached by content)."""
+    from ..continuity.scoring import score_set
+    refs = char.load_reference_images()
+    if not refs:
+        raise ContinuityError(f"the profile '{char.name}' has no reference portraits to score against", input="character")
+    ss = score_set(refs, images, [emb], detector=det, name="layer")
+    ms = next(iter(ss.models.values()))
+    return [(m, c.n_faces) for m, c in zip(ms.mean, ms.candidates)]
+
+
+def _face_box_mask(h: int, w: int, box, grow: float = 0.25) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    gw, gh = (x1 - x0) * grow, (y1 - y0) * grow
+    m = np.zeros((h, w), np.float32)
+    m[max(0, int(y0 - gh)):min(h, int(y1 + gh)), max(0, int(x0 - gw)):min(w, int(x1 + gw))] = 1.0
+    return m
+
+
+# ----------------------------------------------------------------------------- Grow Character Layer
+
+class GrowCharacterLayer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import comfy.samplers
+        from ..continuity.character import growth
+        return io.Schema(
+            node_id="ContinuityGrowCharacterLayer",
+            display_name="Grow Character Layer (Continuity)",
+            category=f"{CATEGORY}/character",
+            description=(
+                "Makes the next framing of a synthetic character dataset (close-up -> close-up portrait -> "
+                "portrait -> 3/4 -> full body): each image of the current layer is placed on a larger canvas "
+                "(ImagePadForOutpaint) and outpainted with inpaint conditioning and the character's latest LoRA; "
+                "the face is fixed (crop, two-pass inpaint, paste back; the fix is kept only if it does not lower "
+                "the identity score); every candidate is scored against the references (and, for animated "
+                "characters, on colour-statistics style); those above the profile's threshold go, with a "
+                "provenance file, into a new dataset version of the profile, which is recorded in a new revision."
+            ),
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                Character.Input("character", tooltip="The profile (references, thresholds, LoRA, previous dataset)."),
+                io.Image.Input("images", tooltip="The current layer's images (a list or a batch)."),
+                io.Model.Input("model", tooltip="The checkpoint to outpaint with (an inpaint model gets inpaint conditioning)."),
+                io.Clip.Input("clip", tooltip="Its CLIP."),
+                io.Vae.Input("vae", tooltip="Its VAE."),
+                io.Combo.Input("from_layer", options=list(growth.LAYERS[:-1]), default="closeup",
+                               tooltip="The framing of the given images; the candidates have the next framing."),
+                io.Int.Input("resolution", default=1024, min=64, max=4096, step=8,
+                             tooltip="Long side of the outpainted canvas (multiple of 8)."),
+                io.Int.Input("candidates", default=2, min=1, max=64, tooltip="Candidates per image (seeds seed, seed+1, ...)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="First seed."),
+                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, tooltip="Guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Scheduler."),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip="Extra prompt text; the character's trigger word, class phrase and the layer's framing words come first."),
+                io.String.Input("negative", default="blurry, deformed, extra limbs, cropped", multiline=True, tooltip="Negative prompt."),
+                io.Int.Input("feathering", default=24, min=0, max=512, tooltip="Feathering of the outpaint seam, in pixels."),
+                io.Float.Input("lora_strength", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="Strength of the character's latest LoRA (when it is in the loras folder); 0: none."),
+                io.Boolean.Input("fix_faces", default=True, tooltip="Fix each candidate's face (two-pass inpaint of a face crop)."),
+                io.Float.Input("fix_denoise", default=0.45, min=0.0, max=1.0, step=0.01, tooltip="Denoise of the face fix's first pass."),
+                io.Int.Input("fix_size", default=512, min=64, max=2048, step=64, tooltip="Side of the face crop for the fix."),
+                io.Float.Input("threshold", default=0.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="Identity threshold; 0 uses the profile's (else the face model's own)."),
+                FaceModel.Input("face_model", optional=True, tooltip="Face model for detection and identity (default: dlib)."),
+                io.String.Input("filenames", optional=True, tooltip="Names of the images, for the provenance (from Load Image Folder)."),
+            ],
+            outputs=[
+                Character.Output("character_out", display_name="character", tooltip="The profile with the new dataset version recorded."),
+                io.Image.Output("kept", is_output_list=True, tooltip="The candidates that passed the filter."),
+                io.Image.Output("candidates_out", display_name="candidates", is_output_list=True, tooltip="Every candidate, for review."),
+                io.String.Output("report", tooltip="Per candidate: canvas, faces, identity and style scores, kept or why not (JSON)."),
+                io.String.Output("dataset_path", tooltip="Folder of the new dataset version."),
+            ],
+        )
+
+    @classmethod
+    @_common.reports_errors("images")
+    def execute(cls, character, images, model, clip, vae, from_layer, resolution, candidates, seed, steps, cfg,
+                sampler_name, scheduler, prompt, negative, feathering, lora_strength, fix_faces, fix_denoise,
+                fix_size, threshold, face_model=None, filenames=None) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+        import nodes as comfy_nodes
+
+        from ..continuity.character import growth
+        from ..continuity import geometry
+
+        g = {k: _first(v) for k, v in dict(
+            character=character, model=model, clip=clip, vae=vae, from_layer=from_layer, resolution=resolution,
+            candidates=candidates, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+            prompt=prompt, negative=negative, feathering=feathering, lora_strength=lora_strength,
+            fix_faces=fix_faces, fix_denoise=fix_denoise, fix_size=fix_size, threshold=threshold,
+            face_model=face_model).items()}
+        char = charlib.as_character(g["character"])
+        srcs = _common.split_images(images)
+        if not srcs:
+            raise ContinuityError("no images given", input="images")
+        names = list(filenames or [])
+        names = [str(n) for n in names] + [f"image_{i}" for i in range(len(names), len(srcs))]
+        layer = growth.next_layer(g["from_layer"])
+        scale = growth.LAYER_SCALE[layer]
+        det, emb = _scorer(g["face_model"])
+        thr_default = float(getattr(emb, "threshold", 0.0))
+        thr = g["threshold"] if g["threshold"] != 0 else char.threshold(getattr(emb, "name", None), thr_default)
+        model_l, clip_l, lora_note = _apply_character_lora(char, g["model"], g["clip"], g["lora_strength"])
+        text = char.prompt(", ".join(t for t in (growth.LAYER_PROMPT[layer], g["prompt"].strip()) if t))
+        pos = _encode_text(clip_l, text)
+        neg = _encode_text(clip_l, g["negative"])
+        from . import fix as fixmod  # the face fix's two-pass sampler (issue 4)
+        is_inpaint = fixmod._is_inpaint_model(model_l)
+        pbar = comfy.utils.ProgressBar(len(srcs) * g["candidates"])
+        cands: list = []
+        outs: list[np.ndarray] = []
+        unfixed: list[np.ndarray] = []
+        for i, src in enumerate(srcs):
+            src = src[..., :3].float()
+            h, w = src.shape[:2]
+            canvas = growth.plan_canvas(w, h, scale, g["resolution"])
+            inner = comfy.utils.common_upscale(src[None].movedim(-1, 1), canvas.inner_w, canvas.inner_h,
+                                               "lanczos", "disabled").movedim(1, -1).clamp(0, 1)
+            padded, mask = comfy_nodes.ImagePadForOutpaint().expand_image(
+                inner, canvas.left, canvas.top, canvas.right, canvas.bottom, g["feathering"])
+            for k in range(g["candidates"]):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                sd = g["seed"] + k
+                if is_inpaint:
+                    p1, n1, latent = comfy_nodes.InpaintModelConditioning().encode(pos, neg, padded, g["vae"], mask, noise_mask=True)
+                else:
+                    p1, n1 = pos, neg
+                    latent = {"samples": g["vae"].encode(padded), "noise_mask": mask.reshape(-1, 1, *mask.shape[-2:])}
+                latent = comfy_nodes.common_ksampler(model_l, sd, g["steps"], g["cfg"], g["sampler_name"], g["scheduler"],
+                                                     p1, n1, latent, denoise=1.0)[0]
+                dec = g["vae"].decode(latent["samples"])[..., :3].float().cpu().clamp(0, 1)
+                if dec.ndim == 5:
+                    dec = dec.reshape(-1, *dec.shape[-3:])
+                m = mask.reshape(1, *mask.shape[-2:], 1).float()
+                out = (padded * (1 - m) + dec[:1] * m)[0].numpy()
+                cands.append(growth.Candidate(source=names[i], index=len(cands), seed=sd,
+                                              canvas=(canvas.width, canvas.height)))
+                outs.append(out)
+                pbar.update(1)
+        # score, fix the faces, score the fixed ones; keep the fix only where it does not lower the score
+        scores = _identity_scores(char, outs, det, emb)
+        for c, (s, n) in zip(cands, scores):
+            c.identity, c.faces, c.face_found, c.model = s, n, n > 0, getattr(emb, "name", "")
+        if g["fix_faces"] and g["fix_denoise"] > 0:
+            fixed_idx, fixed_imgs = [], []
+            for j, (c, img) in enumerate(zip(cands, outs)):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                if not c.face_found:
+                    continue
+                from ..continuity.faces.base import as_uint8_rgb
+                faces = det.detect(as_uint8_rgb(img))
+                if not faces:
+                    continue
+                fm = _face_box_mask(img.shape[0], img.shape[1], faces[0].box)
+                crops, cmasks, rec = geometry.crop_for_inpaint(img[None], fm[None], context=1.5, min_size=64,
+                                                               target=g["fix_size"])
+                fixed, _ = fixmod.two_pass_inpaint(model_l, pos, neg, g["vae"], torch.from_numpy(crops),
+                                                   torch.from_numpy(cmasks), c.seed, g["steps"], g["cfg"],
+                                                   g["sampler_name"], g["scheduler"], g["fix_denoise"], 0.0)
+                pasted = geometry.paste_back(rec, fixed)
+                fixed_idx.append(j)
+                fixed_imgs.append(np.asarray(pasted, np.float32).reshape(img.shape))
+            if fixed_idx:
+                fscores = _identity_scores(char, fixed_imgs, det, emb)
+                for j, img2, (s2, n2) in zip(fixed_idx, fixed_imgs, fscores):
+                    c = cands[j]
+                    c.fixed = s2 is not None and (c.identity is None or s2 >= c.identity)
+                    c.reason = ""
+                    if c.fixed:
+                        outs[j], c.identity, c.faces = img2, s2, n2
+                    setattr(c, "fix_note", f"fix scored {s2 if s2 is None else round(s2, 4)}; "
+                                           + ("kept" if c.fixed else "discarded (lower score or face lost)"))
+        need_style = char.style == "animated"
+        if need_style:
+            style_refs = [__import__("PIL").Image.open(p).convert("RGB") for p in char.style_reference_images()]
+            style_refs = [np.asarray(r, np.float32) / 255.0 for r in style_refs]
+            cache: dict = {}
+            for c, img in zip(cands, outs):
+                c.style = growth.style_similarity(img, style_refs, cache=cache)
+        growth.apply_filter(cands, threshold=thr, style_threshold=char.style_threshold, need_style=need_style)
+        prev = char.latest_dataset()
+        prev_dir = None
+        if prev and prev.get("path"):
+            try:
+                prev_dir = confine_dataset(str(prev["path"]))
+            except ContinuityError:
+                prev_dir = None
+        provenance = {"character": char.name, "revision": char.revision, "from_layer": g["from_layer"],
+                      "prompt": text, "negative": g["negative"], "lora": lora_note, "steps": g["steps"],
+                      "cfg": g["cfg"], "sampler": g["sampler_name"], "scheduler": g["scheduler"],
+                      "resolution": g["resolution"], "scale": scale, "face_model": getattr(emb, "name", ""),
+                      "threshold": thr, "style_threshold": char.style_threshold if need_style else None}
+        result = growth.write_layer(os.path.join(char.folder, "datasets"), layer, cands, outs, previous=prev_dir,
+                                    caption=growth.LAYER_PROMPT[layer], provenance=provenance)
+        new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
+                                     path=result.folder, note=f"layer {layer}: {result.kept}/{len(cands)} kept",
+                                     extra={"layer": layer, "kept": result.kept, "candidates": len(cands)})
+        report = json.dumps({"layer": layer, "dataset_version": result.version, "dataset_path": result.folder,
+                             "kept": result.kept, "lora": lora_note,
+                             "candidates": [dict(c.to_dict(), fix_note=getattr(c, "fix_note", "")) for c in cands]},
+                            indent=1, default=str)
+        kept = [_common.np_to_image(o) for c, o in zip(cands, outs) if c.kept]
+        every = [_common.np_to_image(o) for o in outs]
+        return io.NodeOutput(new, kept, every, report, result.folder,
+                             ui={"text": [f"{layer}: kept {result.kept} of {len(cands)} -> {result.folder}"]})
+
+
+def confine_dataset(path: str) -> str:
+    from ..continuity.paths import confine
+    return confine(path, _common.allowed_roots("output", "input"), input="dataset", kind="dir")
+
+
+# ----------------------------------------------------------------------------- Character Training Plan
+
+def _throw_if_interrupted():
+    import comfy.model_management
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class _InterruptFlag:
+    """``is_set()`` turns true when the user presses Cancel in ComfyUI (the launcher polls it)."""
+
+    def is_set(self) -> bool:
+        import comfy.model_management
+        return bool(comfy.model_management.processing_interrupted())
+
+
+def _training_presets() -> list[str]:
+    try:
+        from ..continuity.training import list_presets
+        return list_presets() or ["(no presets)"]
+    except Exception:  # the training module is optional for this node's schema
+        return ["(no presets)"]
+
+
+class CharacterTrainingPlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ..continuity.character import plan as planlib
+        return io.Schema(
+            node_id="ContinuityCharacterTrainingPlan",
+            display_name="Character Training Plan (Continuity)",
+            category=f"{CATEGORY}/character",
+            description=(
+                "Runs a multi-stage training plan on a dataset version of the character through the training "
+                "launcher (kohya-ss sd-scripts): one job per stage on that stage's subsets (sub-folders), each "
+                "continuing from the previous stage's LoRA (--network_weights). Each finished stage is recorded "
+                "in the profile at once (LoRA, stage, report); a failing stage stops the plan with its log tail "
+                "and the earlier stages stay recorded. Presets: three_stage (appearance on all layers; details on "
+                "the close-ups with 3 repeats; expressions and poses), two_step, single; or custom JSON."
+            ),
+            is_output_node=True,
+            not_idempotent=True,
+            inputs=[
+                Character.Input("character", tooltip="The profile; its latest dataset version is used unless dataset_path is set."),
+                io.Combo.Input("plan", options=[*planlib.PRESETS, "custom"], default="three_stage",
+                               tooltip="A preset plan, or custom (the JSON below)."),
+                io.String.Input("custom_plan", default="", multiline=True,
+                                tooltip='JSON: {"stages": [{"name": "appearance", "subsets": ["*"], "repeats": 1, '
+                                        '"overrides": {"max_train_epochs": 4}}, ...]} (used when plan is custom).'),
+                io.Combo.Input("training_preset", options=_training_presets(),
+                               tooltip="The training preset (trainers/<id>.json) every stage uses."),
+                io.String.Input("checkpoint", default="",
+                                tooltip="Base checkpoint: a file name in ComfyUI's checkpoints folder."),
+                io.String.Input("overrides", default="", multiline=True,
+                                tooltip="'name = value' lines for every stage (allow-listed settings, e.g. max_train_epochs = 200)."),
+                io.String.Input("dataset_path", default="", optional=True,
+                                tooltip="A dataset folder inside ComfyUI's input or output folder; empty: the profile's latest dataset version."),
+                io.String.Input("job_prefix", default="", optional=True,
+                                tooltip="Prefix of the job names (default: <character>_r<revision>)."),
+            ],
+            outputs=[
+                Character.Output("character_out", display_name="character", tooltip="The profile with every stage's LoRA recorded."),
+                io.String.Output("lora_name", tooltip="The last stage's LoRA (for LoraLoader)."),
+                io.String.Output("report", tooltip="Per stage: LoRA, starting weights, images, time, report."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, plan, custom_plan="", **kwargs):
+        if plan == "custom":
+            from ..continuity.character import plan as planlib
+            try:
+                planlib.parse_plan(custom_plan, input="custom_plan")
+            except ContinuityError as exc:
+                return str(_common.node_error(cls, "custom_plan", exc.message))
+        return True
+
+    @classmethod
+    @_common.reports_errors("plan")
+    def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",
+                job_prefix="") -> io.NodeOutput:
+        import comfy.utils
+        import folder_paths
+
+        from ..continuity import training
+        from ..continuity.character import plan as planlib
+        char = charlib.as_character(character)
+        the_plan = planlib.parse_plan(custom_plan if plan == "custom" else plan,
+                                      input="custom_plan" if plan == "custom" else "plan")
+        if dataset_path and dataset_path.strip():
+            ds_dir = confine_dataset(dataset_path.strip())
+        else:
+            latest = char.latest_dataset()
+            if not latest:
+                raise ContinuityError(f"the profile '{char.name}' has no dataset version yet: give dataset_path "
+                                      "or grow a layer first", input="dataset_path")
+            ds_dir = confine_dataset(str(latest["path"]))
+        preset = training.load_preset(training_preset)
+        base_overrides = training.parse_overrides(overrides)
+        ckpt = folder_paths.get_full_path("checkpoints", checkpoint) if checkpoint else None
+        if ckpt is None:
+            raise ContinuityError(f"'{checkpoint}' is not in ComfyUI's checkpoints folder "
+                                  f"({', '.join(folder_paths.get_folder_paths('checkpoints'))})", input="checkpoint")
+        slots = list(getattr(preset, "models", {}) or {"pretrained_model_name_or_path": {}})
+        if slots != ["pretrained_model_name_or_path"]:
+            raise ContinuityError(f"preset '{training_preset}' needs the model files {', '.join(slots)}; plans support "
+                                  "presets with one checkpoint (use the training node for the others)",
+                                  input="training_preset")
+        sd = training.load_sd_scripts(folder_paths.get_user_directory(), script=preset.script)
+        loras_root = folder_paths.get_folder_paths("loras")[0]
+        jobs_root = os.path.join(_common.output_dir(), "continuity", "training")
+        model_roots = [_common.models_dir(), *folder_paths.get_folder_paths("checkpoints")]
+        pbar = comfy.utils.ProgressBar(len(the_plan.stages) * 100)
+        state = {"stage": 0}
+
+        def on_progress(ev):
+            step, total = getattr(ev, "step", None), getattr(ev, "total", None)
+            if step and total:
+                pbar.update_absolute(state["stage"] * 100 + int(100 * min(step, total) / total))
+
+        make_job, launch = planlib.launcher_steps(
+            character=char, preset=preset, sd_python=sd.python, sd_root=sd.root, jobs_root=jobs_root,
+            loras_root=loras_root, models={"pretrained_model_name_or_path": ckpt}, model_roots=model_roots,
+            base_overrides=base_overrides, job_prefix=(job_prefix or "").strip(), on_progress=on_progress,
+            cancel_event=_InterruptFlag())
+
+        def counted_make(stage, index, items, weights, d):
+            state["stage"] = index - 1
+            return make_job(stage, index, items, weights, d)
+
+        root = os.path.dirname(char.folder)
+        ds_version = next((d.get("version") for d in reversed(char.datasets)
+                           if os.path.realpath(str(d.get("path", ""))) == ds_dir), None)
+
+        def record_stage(res):
+            rel = os.path.relpath(res.lora_path, loras_root).replace(os.sep, "/")
+            return charlib.record_lora(
+                root, char.name, lora_name=rel, path=res.lora_path, stage=res.index, dataset_version=ds_version,
+                job=res.job, report=res.report,
+                extra={"stage_name": res.name, "plan": the_plan.name, "network_weights": res.network_weights,
+                       "dataset": res.dataset_dir, "images": res.images, "repeats": res.repeats}).revision
+        try:
+            results = planlib.run_plan(the_plan, dataset_dir=ds_dir, make_job=counted_make, launch=launch,
+                                       on_stage_done=record_stage,
+                                       interrupted=_throw_if_interrupted)
+        except planlib.PlanFailed as exc:
+            charlib.record(root, char.name, action="plan_failed", summary=exc.message.splitlines()[0], changes={})
+            raise
+        pbar.update_absolute(len(the_plan.stages) * 100)
+        new = charlib.load_profile(root, char.name)
+        text = planlib.format_report(the_plan, results)
+        last = new.latest_lora()
+        return io.NodeOutput(new, last["name"] if last else "", text, ui={"text": [text]})
+
+
+NODES = [LoadCharacter, SaveCharacter, CharacterInfo, RecordCharacterResult, GrowCharacterLayer, CharacterTrainingPlan]

@@ -1,0 +1,129 @@
+"""Layer growth: canvas geometry, style score, filter (core) and the node end to end with tiny models."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from continuity.character import growth
+from continuity.errors import ContinuityError
+
+
+def test_canvas_plan_sizes_and_placement():
+    c = growth.plan_canvas(512, 512, 1.5, 768)
+    assert (c.width, c.height) == (768, 768) and c.width % 8 == 0
+    assert abs(c.inner_w - 512) <= 1 and c.left == c.right
+    assert c.top < c.bottom                      # the body grows downwards
+    c = growth.plan_canvas(300, 400, 1.8, 1024, aspect=0.6)
+    assert c.height == 1024 and c.width % 8 == 0 and c.width == 616
+    assert c.inner_w / c.inner_h == pytest.approx(300 / 400, rel=0.02)
+    assert c.inner_h <= 1024 / 1.8 + 1 and c.inner_w <= c.width / 1.8 + 1
+    for bad in [dict(width=4, height=40, scale=1.5, resolution=512), dict(width=40, height=40, scale=0.5, resolution=512),
+                dict(width=40, height=40, scale=1.5, resolution=32)]:
+        with pytest.raises(ContinuityError):
+            growth.plan_canvas(**bad)
+    assert growth.next_layer("closeup") == "closeup_portrait"
+    with pytest.raises(ContinuityError, match="last layer"):
+        growth.next_layer("full_body")
+
+
+def test_style_similarity_orders_palettes():
+    rng = np.random.default_rng(0)
+    warm = np.clip(rng.normal([0.8, 0.5, 0.3], 0.08, (64, 64, 3)), 0, 1).astype(np.float32)
+    warm2 = np.clip(rng.normal([0.78, 0.52, 0.3], 0.08, (64, 64, 3)), 0, 1).astype(np.float32)
+    cold = np.clip(rng.normal([0.2, 0.4, 0.8], 0.08, (64, 64, 3)), 0, 1).astype(np.float32)
+    same = growth.style_similarity(warm2, [warm])
+    other = growth.style_similarity(cold, [warm])
+    assert 0 <= other < same <= 1 and same > 0.8 and other < 0.3
+    assert growth.style_similarity(warm, [warm]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_filter_reasons():
+    cs = [growth.Candidate("a", 0, 0, (8, 8), face_found=True, identity=0.9),
+          growth.Candidate("a", 1, 1, (8, 8), face_found=True, identity=0.5),
+          growth.Candidate("b", 2, 2, (8, 8), face_found=False),
+          growth.Candidate("b", 3, 3, (8, 8), face_found=True, identity=0.95, style=0.2)]
+    growth.apply_filter(cs, threshold=0.8, style_threshold=0.5, need_style=True)
+    assert [c.kept for c in cs] == [False, False, False, False][:0] or [c.kept for c in cs][:3] == [False, False, False]
+    assert "style" in cs[0].reason and "identity 0.500 < threshold 0.800" == cs[1].reason
+    assert cs[2].reason == "no face found" and "style 0.200" in cs[3].reason
+    growth.apply_filter(cs, threshold=0.8, style_threshold=0.5, need_style=False)
+    assert [c.kept for c in cs] == [True, False, False, True]
+
+
+def _square(path, side):
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return img.resize((side, side), Image.LANCZOS)
+
+
+@pytest.mark.comfy
+def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir):
+    from continuity import character as charlib
+    root = str(comfy.base / "output" / "continuity" / "characters")
+    refs = [np.asarray(_square(faces_dir / f, 256), np.float32) / 255 for f in ("img1.jpg", "img2.jpg")]
+    charlib.save_profile(root, "ada", trigger_word="4da", class_phrase="woman", references=refs)
+    layer_dir = comfy.base / "input" / "ada_closeups"
+    layer_dir.mkdir(parents=True, exist_ok=True)
+    _square(faces_dir / "img4.jpg", 128).save(layer_dir / "a_same.png")       # same person as the references
+    _square(faces_dir / "img13.jpg", 128).save(layer_dir / "b_other.png")     # someone else
+
+    def graph(threshold, inpaint):
+        return {
+            "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ada", "revision": 0}},
+            "2": {"class_type": "ContinuityLoadImageFolder",
+                  "inputs": {"folder": "ada_closeups", "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                             "caption_extension": ".txt"}},
+            "3": {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": inpaint}},
+            "4": {"class_type": "ContinuityGrowCharacterLayer",
+                  "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
+                             "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 192,
+                             "candidates": 2, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                             "scheduler": "normal", "prompt": "studio light", "negative": "", "feathering": 8,
+                             "lora_strength": 0.8, "fix_faces": True, "fix_denoise": 0.5, "fix_size": 64,
+                             "threshold": threshold}},
+            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 2]}},
+        }
+
+    res = comfy.run(graph(0.0, True))
+    char, kept, every, report, ds_path = (res.outputs["4"][i] for i in range(5))
+    char, report, ds_path = char[0], json.loads(report[0]), ds_path[0]
+    cands = report["candidates"]
+    assert report["layer"] == "closeup_portrait" and len(cands) == 4 and len(every) == 4
+    assert all(tuple(t.shape) == (1, 192, 192, 3) for t in every)
+    assert all(c["canvas"] == [192, 192] for c in cands)
+    # the faces were found, a fix was tried on each, and each has a score
+    assert all(c["face_found"] and c["faces"] >= 1 and c["identity"] is not None for c in cands)
+    assert all(c["fix_note"] for c in cands)
+    # the filter: the same person passes the model's threshold, the other does not
+    by_src = {}
+    for c in cands:
+        by_src.setdefault(c["source"], []).append(c)
+    assert all(c["kept"] for c in by_src["a_same.png"]), by_src["a_same.png"]
+    assert not any(c["kept"] for c in by_src["b_other.png"])
+    assert all("threshold" in c["reason"] for c in by_src["b_other.png"])
+    assert len(kept) == 2
+    # the new dataset version: kept images with captions and the provenance of every candidate
+    assert char.revision == 2 and char.latest_dataset()["path"] == ds_path
+    sub = os.path.join(ds_path, "closeup_portrait")
+    pngs = sorted(f for f in os.listdir(sub) if f.endswith(".png"))
+    assert len(pngs) == 2
+    assert open(os.path.join(sub, pngs[0].replace(".png", ".txt"))).read().strip() == growth.LAYER_PROMPT["closeup_portrait"]
+    prov = json.load(open(os.path.join(sub, "provenance.json")))
+    assert len(prov["candidates"]) == 4 and prov["prompt"].startswith("4da woman, close-up portrait")
+    Image.fromarray((every[0][0].numpy() * 255).astype(np.uint8)).save(artifacts_dir / "character_growth_candidate.png")
+
+    # a threshold no one reaches: nothing kept, a new version all the same (with the provenance), v1 untouched
+    before = sorted(os.listdir(sub))
+    res = comfy.run(graph(0.999, False))
+    report2 = json.loads(res.value("4", 3))
+    assert report2["kept"] == 0 and report2["dataset_version"] == 2
+    assert all(not c["kept"] and "< threshold 0.999" in c["reason"] for c in report2["candidates"])
+    assert sorted(os.listdir(sub)) == before
+    # version 2 carries version 1's layer forward and adds the new (empty) one beside it
+    v2 = res.value("4", 4)
+    assert sorted(os.listdir(os.path.join(v2, "closeup_portrait"))) == before
+    assert os.path.isfile(os.path.join(v2, "closeup_portrait_2", "provenance.json"))
