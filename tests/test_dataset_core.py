@@ -248,7 +248,7 @@ def test_pose_classes_mirror(faces_dir, detector):
 def test_audit_duplicates_outliers_and_reports(faces_dir, detector):
     from continuity.faces import embedders
     emb = embedders.get_embedder("dlib")
-    same = [1, 2, 4, 5, 6, 7, 10, 11]       # one person (examples/faces/README.md)
+    same = [1, 2, 4, 5, 6, 7, 10, 11]       # one person (assets/faces/README.md)
     imgs = [np.asarray(Image.open(faces_dir / f"img{n}.jpg").convert("RGB")) for n in same]
     imgs.append(np.asarray(Image.open(faces_dir / "img18.jpg").convert("RGB")))   # someone else
     imgs.append(imgs[0][:, :].copy())                                             # exact duplicate
