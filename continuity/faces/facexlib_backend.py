@@ -1,0 +1,301 @@
+"""Pro backends from facexlib: BiSeNet face parsing (19 CelebAMask-HQ classes) and RetinaFace detection.
+
+* BiSeNet: the network is reproduced here class for class (same module names as
+  ``facexlib/parsing/bisenet.py`` and ``resnet.py``, MIT licence, Copyright (c) 2020 Xintao Wang),
+  so facexlib's ``parsing_bisenet.pth`` loads with ``strict=True`` without installing facexlib.
+* RetinaFace (ResNet-50): run through the ``facexlib`` package when it is installed
+  (``pip install facexlib``), with its weights in the same folder.
+
+Weights go in ComfyUI's ``models/facexlib`` (registered by the node layer) and are downloaded on
+first use when online. The parsing weights were trained on CelebAMask-HQ: non-commercial use only.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import MissingModelError
+from .base import Face, as_uint8_rgb
+from .dlib_backend import LANDMARKS5_ORDER
+from .weights import ensure_file
+
+BISENET_FILE = "parsing_bisenet.pth"
+BISENET_URL = "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth"
+RETINAFACE_FILE = "detection_Resnet50_Final.pth"
+RETINAFACE_URL = "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
+LICENCE = "facexlib code MIT; the parsing model is trained on CelebAMask-HQ (non-commercial research use only)"
+
+# CelebAMask-HQ classes as facexlib's BiSeNet numbers them, and our region names.
+CLASSES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "glasses", "l_ear", "r_ear", "earring",
+           "nose", "mouth", "u_lip", "l_lip", "neck", "necklace", "cloth", "hair", "hat")
+REGION_CLASSES = {"skin": (1,), "brows": (2, 3), "eyes": (4, 5), "glasses": (6,), "ears": (7, 8, 9), "nose": (10,),
+                  "mouth": (11, 12, 13), "neck": (14,), "hair": (17,), "hat": (18,)}
+
+_lock = threading.RLock()
+_models: dict[tuple, object] = {}
+
+
+def _torch():
+    import torch  # noqa: PLC0415
+    return torch
+
+
+def build_bisenet(num_class: int = 19):
+    """facexlib's BiSeNet, same structure and parameter names."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    def conv3x3(i, o, stride=1):
+        return nn.Conv2d(i, o, kernel_size=3, stride=stride, padding=1, bias=False)
+
+    class BasicBlock(nn.Module):
+        def __init__(self, in_chan, out_chan, stride=1):
+            super().__init__()
+            self.conv1 = conv3x3(in_chan, out_chan, stride)
+            self.bn1 = nn.BatchNorm2d(out_chan)
+            self.conv2 = conv3x3(out_chan, out_chan)
+            self.bn2 = nn.BatchNorm2d(out_chan)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = None
+            if in_chan != out_chan or stride != 1:
+                self.downsample = nn.Sequential(nn.Conv2d(in_chan, out_chan, kernel_size=1, stride=stride, bias=False),
+                                                nn.BatchNorm2d(out_chan))
+
+        def forward(self, x):
+            r = F.relu(self.bn1(self.conv1(x)))
+            r = self.bn2(self.conv2(r))
+            s = x if self.downsample is None else self.downsample(x)
+            return self.relu(s + r)
+
+    def layer(i, o, n, stride=1):
+        return nn.Sequential(BasicBlock(i, o, stride), *[BasicBlock(o, o, 1) for _ in range(n - 1)])
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.layer1 = layer(64, 64, 2)
+            self.layer2 = layer(64, 128, 2, 2)
+            self.layer3 = layer(128, 256, 2, 2)
+            self.layer4 = layer(256, 512, 2, 2)
+
+        def forward(self, x):
+            x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+            f8 = self.layer2(self.layer1(x))
+            f16 = self.layer3(f8)
+            return f8, f16, self.layer4(f16)
+
+    class ConvBNReLU(nn.Module):
+        def __init__(self, i, o, ks=3, stride=1, padding=1):
+            super().__init__()
+            self.conv = nn.Conv2d(i, o, kernel_size=ks, stride=stride, padding=padding, bias=False)
+            self.bn = nn.BatchNorm2d(o)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)))
+
+    class BiSeNetOutput(nn.Module):
+        def __init__(self, i, mid, n):
+            super().__init__()
+            self.conv = ConvBNReLU(i, mid)
+            self.conv_out = nn.Conv2d(mid, n, kernel_size=1, bias=False)
+
+        def forward(self, x):
+            feat = self.conv(x)
+            return self.conv_out(feat), feat
+
+    class AttentionRefinementModule(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.conv = ConvBNReLU(i, o)
+            self.conv_atten = nn.Conv2d(o, o, kernel_size=1, bias=False)
+            self.bn_atten = nn.BatchNorm2d(o)
+            self.sigmoid_atten = nn.Sigmoid()
+
+        def forward(self, x):
+            feat = self.conv(x)
+            a = self.sigmoid_atten(self.bn_atten(self.conv_atten(F.avg_pool2d(feat, feat.size()[2:]))))
+            return feat * a
+
+    class ContextPath(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.resnet = ResNet18()
+            self.arm16 = AttentionRefinementModule(256, 128)
+            self.arm32 = AttentionRefinementModule(512, 128)
+            self.conv_head32 = ConvBNReLU(128, 128)
+            self.conv_head16 = ConvBNReLU(128, 128)
+            self.conv_avg = ConvBNReLU(512, 128, ks=1, padding=0)
+
+        def forward(self, x):
+            f8, f16, f32 = self.resnet(x)
+            avg = self.conv_avg(F.avg_pool2d(f32, f32.size()[2:]))
+            avg_up = F.interpolate(avg, f32.size()[2:], mode="nearest")
+            f32_up = self.conv_head32(F.interpolate(self.arm32(f32) + avg_up, f16.size()[2:], mode="nearest"))
+            f16_up = self.conv_head16(F.interpolate(self.arm16(f16) + f32_up, f8.size()[2:], mode="nearest"))
+            return f8, f16_up, f32_up
+
+    class FeatureFusionModule(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.convblk = ConvBNReLU(i, o, ks=1, padding=0)
+            self.conv1 = nn.Conv2d(o, o // 4, kernel_size=1, bias=False)
+            self.conv2 = nn.Conv2d(o // 4, o, kernel_size=1, bias=False)
+            self.relu = nn.ReLU(inplace=True)
+            self.sigmoid = nn.Sigmoid()
+
+        def forward(self, fsp, fcp):
+            feat = self.convblk(torch.cat([fsp, fcp], dim=1))
+            a = self.sigmoid(self.conv2(self.relu(self.conv1(F.avg_pool2d(feat, feat.size()[2:])))))
+            return feat * a + feat
+
+    class BiSeNet(nn.Module):
+        def __init__(self, num_class):
+            super().__init__()
+            self.cp = ContextPath()
+            self.ffm = FeatureFusionModule(256, 256)
+            self.conv_out = BiSeNetOutput(256, 256, num_class)
+            self.conv_out16 = BiSeNetOutput(128, 64, num_class)
+            self.conv_out32 = BiSeNetOutput(128, 64, num_class)
+
+        def forward(self, x):
+            h, w = x.size()[2:]
+            f8, cp8, cp16 = self.cp(x)
+            out, _ = self.conv_out(self.ffm(f8, cp8))
+            return (F.interpolate(out, (h, w), mode="bilinear", align_corners=True),)
+
+    return BiSeNet(num_class)
+
+
+def load_bisenet(models_dir: str | None, device: str = "cpu"):
+    """facexlib's BiSeNet with its weights (cached per process)."""
+    key = ("bisenet", models_dir, device)
+    with _lock:
+        if key not in _models:
+            torch = _torch()
+            path = ensure_file(models_dir, BISENET_FILE, BISENET_URL, licence=LICENCE, input="parser")
+            net = build_bisenet(19)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+            _models[key] = net.eval().to(device)
+        return _models[key]
+
+
+class BiSeNetParser:
+    """Region masks from BiSeNet on a 512x512 crop around each face (all 11 regions; a beard is
+    labelled skin by CelebAMask-HQ, so "beard" is the skin below the mouth outside the jaw line)."""
+
+    name = "bisenet"
+    regions = ("skin", "brows", "eyes", "nose", "mouth", "ears", "hair", "beard", "neck", "glasses", "hat")
+    use_mediapipe = False
+
+    def __init__(self, device: str = "cpu", models_dir: str | None = None, net=None, size: int = 512,
+                 margin: float = 0.8):
+        self.device = device
+        self.models_dir = models_dir
+        self._net = net
+        self.size = size
+        self.margin = margin
+
+    @property
+    def net(self):
+        if self._net is None:
+            self._net = load_bisenet(self.models_dir, self.device)
+        return self._net
+
+    def labels(self, rgb: np.ndarray, face: Face) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Class map (crop size) and the crop box (x0, y0, x1, y1) in the image."""
+        import cv2  # noqa: PLC0415
+        torch = _torch()
+        h, w = rgb.shape[:2]
+        cx, cy = face.center
+        side = max(face.width, face.height) * (1 + 2 * self.margin)
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2 - 0.1 * side))
+        x1, y1 = x0 + int(round(side)), y0 + int(round(side))
+        pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+        crop = np.pad(rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)], pad, mode="constant")
+        inp = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if crop.shape[0] > self.size
+                         else cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        inp = (inp - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
+        x = torch.from_numpy(inp.transpose(2, 0, 1).astype(np.float32))[None].to(self.device)
+        with torch.inference_mode():
+            out = self.net(x)[0]
+        lab = out[0].argmax(0).to(torch.uint8).cpu().numpy()
+        lab = cv2.resize(lab, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST)
+        return lab, (x0, y0, x1, y1)
+
+    def parse(self, rgb: np.ndarray, face: Face, faces=None, person=None, want=None) -> dict[str, np.ndarray]:
+        rgb = as_uint8_rgb(rgb)
+        h, w = rgb.shape[:2]
+        lab, (x0, y0, x1, y1) = self.labels(rgb, face)
+        full = np.zeros((h, w), np.uint8)
+        sy0, sx0 = max(0, -y0), max(0, -x0)
+        view = lab[sy0:sy0 + min(h, y1) - max(0, y0), sx0:sx0 + min(w, x1) - max(0, x0)]
+        full[max(0, y0):min(h, y1), max(0, x0):min(w, x1)] = view + 1     # 0 = outside the crop
+        out = {}
+        want = set(self.regions if want is None else want)
+        for region, classes in REGION_CLASSES.items():
+            if region in want:
+                out[region] = np.isin(full, [c + 1 for c in classes]).astype(np.uint8)
+        if "beard" in want:
+            # CelebAMask-HQ labels a beard as skin: take the skin below the mouth corners' level
+            skin = np.isin(full, [2]).astype(np.uint8)
+            if face.landmarks5 is not None:
+                mouth_y = float(np.max(np.asarray(face.landmarks5)[3:, 1]))
+                skin[: max(0, int(mouth_y))] = 0
+            else:
+                skin[:] = 0
+            out["beard"] = skin
+        return out
+
+
+class RetinaFaceDetector:
+    """facexlib's RetinaFace (ResNet-50); needs ``pip install facexlib`` and its weights."""
+
+    name = "retinaface"
+
+    def __init__(self, device: str = "cpu", models_dir: str | None = None, conf_threshold: float = 0.8,
+                 max_side: int = 1280):
+        self.device = device
+        self.models_dir = models_dir
+        self.conf_threshold = conf_threshold
+        self.max_side = max_side
+        self._net = None
+        self._load()
+
+    def _load(self):
+        key = ("retinaface", self.models_dir, self.device)
+        with _lock:
+            if key not in _models:
+                ensure_file(self.models_dir, RETINAFACE_FILE, RETINAFACE_URL, licence="MIT (facexlib)")
+                try:
+                    from facexlib.detection import init_detection_model  # noqa: PLC0415
+                except Exception as exc:
+                    raise MissingModelError(
+                        f"the RetinaFace backend needs the facexlib package ({type(exc).__name__}: {exc}): "
+                        "pip install facexlib, or choose the mediapipe or dlib backend", input="backend") from exc
+                _models[key] = init_detection_model("retinaface_resnet50", device=self.device,
+                                                    model_rootpath=self.models_dir)
+            self._net = _models[key]
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        import cv2  # noqa: PLC0415
+        torch = _torch()
+        rgb = as_uint8_rgb(rgb)
+        h, w = rgb.shape[:2]
+        s = min(1.0, self.max_side / max(h, w))
+        work = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+        with torch.inference_mode():
+            dets = self._net.detect_faces(cv2.cvtColor(work, cv2.COLOR_RGB2BGR), self.conf_threshold)
+        faces = []
+        for d in np.asarray(dets, dtype=np.float32).reshape(-1, 15):
+            box = tuple(float(v) / s for v in d[:4])
+            lm = d[5:15].reshape(5, 2) / s
+            faces.append(Face(box=box, score=float(d[4]), landmarks5=lm, backend="retinaface",
+                              extra={"landmarks5_order": LANDMARKS5_ORDER}))
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces

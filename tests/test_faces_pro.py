@@ -1,0 +1,147 @@
+"""Pro face backends without downloads: BiSeNet (facexlib's structure) and an SCRFD-shaped ONNX graph,
+both with random weights, run through the real loading and decoding code; and the offline messages."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from continuity.errors import MissingModelError
+from continuity.faces import facexlib_backend as fx
+from continuity.faces import get_detector, get_parser, mediapipe_available
+from continuity.faces.masks import region_masks
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    monkeypatch.setenv("CONTINUITY_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def bisenet_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("facexlib")
+    torch.manual_seed(0)
+    net = fx.build_bisenet(19)
+    torch.save(net.state_dict(), d / fx.BISENET_FILE)
+    return str(d)
+
+
+def test_bisenet_structure_matches_facexlib_weights(bisenet_dir):
+    sd = torch.load(os.path.join(bisenet_dir, fx.BISENET_FILE), weights_only=True)
+    # parameter names of facexlib's parsing_bisenet.pth
+    for k in ("cp.resnet.conv1.weight", "cp.resnet.layer4.1.bn2.running_var", "cp.arm16.conv_atten.weight",
+              "cp.conv_avg.conv.weight", "ffm.convblk.conv.weight", "ffm.conv2.weight", "conv_out.conv_out.weight",
+              "conv_out16.conv.bn.weight", "conv_out32.conv_out.weight", "cp.resnet.layer2.0.downsample.0.weight"):
+        assert k in sd, k
+    assert tuple(sd["conv_out.conv_out.weight"].shape) == (19, 256, 1, 1)
+    assert sum(v.numel() for k, v in sd.items() if "running" not in k and "num_batches" not in k) == \
+        sum(p.numel() for p in fx.build_bisenet(19).parameters())
+    bad = {k: v for k, v in sd.items() if not k.startswith("conv_out32")}
+    with pytest.raises(RuntimeError):
+        fx.build_bisenet(19).load_state_dict(bad, strict=True)
+
+
+def test_bisenet_parser_with_random_weights(faces_dir, bisenet_dir):
+    rgb = np.asarray(Image.open(faces_dir / "img25.jpg").convert("RGB"))
+    parser = get_parser("bisenet", models_dir=bisenet_dir)
+    assert get_parser("bisenet", models_dir=bisenet_dir) is parser            # cached
+    faces = get_detector("dlib").detect(rgb)
+    parts = parser.parse(rgb, faces[0])
+    assert set(parts) == set(parser.regions)
+    stack = np.stack([parts[r] for r in fx.REGION_CLASSES])
+    assert stack.shape[1:] == rgb.shape[:2] and stack.max() <= 1
+    assert stack.sum(0).max() <= 1                   # CelebAMask-HQ classes are a partition
+    res = region_masks(rgb, faces, regions="face,glasses,hat", parser=parser)
+    assert res.unavailable == () and res.mask.shape == rgb.shape[:2]
+    lab, (x0, y0, x1, y1) = parser.labels(rgb, faces[0])
+    assert lab.max() < 19 and x1 - x0 == lab.shape[1]
+
+
+def test_bisenet_offline_message(tmp_path):
+    with pytest.raises(MissingModelError) as e:
+        fx.load_bisenet(str(tmp_path), "cpu")
+    msg = str(e.value)
+    assert "parsing_bisenet.pth" in msg and fx.BISENET_URL in msg and str(tmp_path) in msg
+    assert "non-commercial" in msg and e.value.input == "parser"
+
+
+def test_retinaface_offline_message(tmp_path):
+    with pytest.raises(MissingModelError) as e:
+        get_detector("retinaface", models_dir=str(tmp_path / "facexlib"))
+    assert "detection_Resnet50_Final.pth" in str(e.value) and fx.RETINAFACE_URL in str(e.value)
+    # weights present, but no facexlib package: says how to install it
+    (tmp_path / "fx2").mkdir()
+    (tmp_path / "fx2" / fx.RETINAFACE_FILE).write_bytes(b"")
+    try:
+        import facexlib  # noqa: F401
+        pytest.skip("facexlib is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(MissingModelError, match="pip install facexlib"):
+        get_detector("retinaface", models_dir=str(tmp_path / "fx2"))
+
+
+def scrfd_graph(path, kps=True, score_bias=(-20.0, -20.0, 5.0), d=0.25, seed=0):
+    """An ONNX graph shaped like SCRFD (9 outputs; strides 8/16/32; 2 anchors): Conv + Transpose +
+    Reshape per head. Zero weights and these biases: only stride 32 scores high, each box is its
+    anchor centre +- d * stride, key points at the centre + (i, -i) * 0.1 * stride."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, outputs = [], [], []
+    heads = [("score", 1), ("bbox", 4)] + ([("kps", 10)] if kps else [])
+    for name, k in heads:
+        for si, s in enumerate((8, 16, 32)):
+            out = f"{name}_{s}"
+            W = np.zeros((2 * k, 3, s, s), np.float32)
+            if name == "score":
+                B = np.full(2 * k, score_bias[si], np.float32)
+            elif name == "bbox":
+                B = np.full(2 * k, d, np.float32)
+            else:
+                B = np.tile(np.array([[0.1 * i, -0.1 * i] for i in range(5)], np.float32).reshape(-1), 2)
+            inits += [numpy_helper.from_array(W, f"W_{out}"), numpy_helper.from_array(B, f"B_{out}"),
+                      numpy_helper.from_array(np.array([-1, k], np.int64), f"S_{out}")]
+            nodes += [helper.make_node("Conv", ["input.1", f"W_{out}", f"B_{out}"], [f"c_{out}"], strides=[s, s]),
+                      helper.make_node("Transpose", [f"c_{out}"], [f"t_{out}"], perm=[0, 2, 3, 1]),
+                      helper.make_node("Reshape", [f"t_{out}", f"S_{out}"], [f"r_{out}"])]
+            if name == "score":
+                nodes.append(helper.make_node("Sigmoid", [f"r_{out}"], [out]))
+            else:
+                nodes.append(helper.make_node("Identity", [f"r_{out}"], [out]))
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "scrfd_like", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
+                                                                              [1, 3, 640, 640])],
+                          outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    onnx.save(m, path)
+    return path
+
+
+def test_insightface_scrfd_decoding(tmp_path):
+    pytest.importorskip("onnxruntime")
+    root = tmp_path / "insightface"
+    scrfd_graph(str(root / "models" / "buffalo_l" / "det_10g.onnx"))
+    det = get_detector("insightface", models_dir=str(root))
+    rgb = np.zeros((320, 640, 3), np.uint8)            # scale 1: letterbox rows 320-640 are padding
+    faces = det.detect(rgb)
+    # stride 32 on 640x640: 20x20 centres, 2 anchors each (duplicates removed by NMS); centres on the
+    # image (y < 320) keep their box, the padded rows are clipped away or empty
+    centres = {(round(f.center[0]), round(f.center[1])) for f in faces if f.height > 0}
+    expect = {(x * 32, y * 32) for x in range(1, 20) for y in range(1, 10)}
+    assert expect <= centres
+    f = next(f for f in faces if round(f.center[0]) == 320 and round(f.center[1]) == 160)
+    assert f.box == pytest.approx((312, 152, 328, 168)) and f.score == pytest.approx(1 / (1 + np.exp(-5)), rel=1e-4)
+    assert f.landmarks5[2] == pytest.approx((320 + 6.4, 160 - 6.4), abs=1e-3)
+    assert all(0 <= f.box[0] <= f.box[2] <= 640 and 0 <= f.box[1] <= f.box[3] <= 320 for f in faces)
+
+
+def test_insightface_offline_message(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(MissingModelError) as e:
+        get_detector("insightface", models_dir=str(tmp_path / "insightface"))
+    assert "buffalo_l.zip" in str(e.value) and "non-commercial" in str(e.value)
