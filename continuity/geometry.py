@@ -156,17 +156,21 @@ _KERNELS = {"lanczos": (_lanczos3, 3.0), "triangle": (_triangle, 1.0)}
 
 
 @functools.lru_cache(maxsize=256)
-def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _taps(n_in: int, n_out: int, kernel: str, extend: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, cols, weights) of the n_out x n_in resampling matrix, PIL's convention: output pixel i
     centred at (i + 0.5) * n_in / n_out in input coordinates; taps outside [0, n_in) are dropped and
-    the rest renormalised (the input is treated as the whole signal)."""
+    the rest renormalised (the input is treated as the whole signal). ``extend``: keep the taps
+    outside [0, n_in) (cols < 0 or >= n_in), for a window into a larger signal."""
     fn, support = _KERNELS[kernel]
     scale = n_in / n_out
     fs = max(scale, 1.0)
     sup = support * fs
     centre = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
-    xmin = np.maximum(np.floor(centre - sup + 0.5), 0).astype(np.int64)
-    xmax = np.minimum(np.floor(centre + sup + 0.5), n_in).astype(np.int64)
+    xmin = np.floor(centre - sup + 0.5).astype(np.int64)
+    xmax = np.floor(centre + sup + 0.5).astype(np.int64)
+    if not extend:
+        xmin = np.maximum(xmin, 0)
+        xmax = np.minimum(xmax, n_in)
     k = int(math.ceil(sup)) * 2 + 2
     cols = xmin[:, None] + np.arange(k)[None, :]
     valid = cols < xmax[:, None]
@@ -190,8 +194,10 @@ def _pad_index(idx: np.ndarray, n: int, mode: str) -> np.ndarray:
 
 def _axis_matrix(start: int, side: int, n_img: int, n_out: int, kernel: str, pad_mode: str):
     """Sparse (n_out x span) matrix resizing image samples [lo, lo + span) along one axis into the
-    crop, with the padding folded in; returns (matrix, lo, hi)."""
-    rows, cols, w = _taps(side, n_out, kernel)
+    crop, with the padding folded in; returns (matrix, lo, hi). Shrinking windows take their
+    antialiasing taps beyond the box edge too (from the image, or the padding); enlarging ones stop
+    at the box edge, so that Paste Back can invert them exactly."""
+    rows, cols, w = _taps(side, n_out, kernel, side > n_out)
     src = _pad_index(cols + start, n_img, pad_mode)
     lo, hi = int(src.min()), int(src.max()) + 1
     mat = scipy.sparse.csr_matrix((w.astype(np.float32), (rows, src - lo)), shape=(n_out, hi - lo))
@@ -200,8 +206,15 @@ def _axis_matrix(start: int, side: int, n_img: int, n_out: int, kernel: str, pad
 
 
 @functools.lru_cache(maxsize=64)
-def _plain_matrix(n_in: int, n_out: int, kernel: str):
-    rows, cols, w = _taps(n_in, n_out, kernel)
+def _plain_matrix(n_in: int, n_out: int, kernel: str, edge: bool = False):
+    """Plain resize matrix; ``edge``: taps past the ends repeat the end samples (instead of being
+    dropped and the rest renormalised)."""
+    rows, cols, w = _taps(n_in, n_out, kernel, edge)
+    if edge:
+        cols = np.clip(cols, 0, n_in - 1)
+        mat = scipy.sparse.csr_matrix((w.astype(np.float32), (rows, cols)), shape=(n_out, n_in))
+        mat.sum_duplicates()
+        return mat
     return scipy.sparse.csr_matrix((w.astype(np.float32), (rows, cols)), shape=(n_out, n_in))
 
 
@@ -311,7 +324,7 @@ def uncrop(crop, box: CropBox, clamp: bool = True) -> np.ndarray:
             if box.side <= n:
                 ut, cb = _inverse_factors(box.side, n)
                 return lambda a: _solve_axis0(_apply_axis0(ut, a), cb, keep)
-            mat = _plain_matrix(n, box.side, "lanczos")[keep[0]:keep[1]]
+            mat = _plain_matrix(n, box.side, "lanczos", True)[keep[0]:keep[1]]
             return lambda a: _apply_axis0(mat, a)
         fy, fx = back(th, keep_y), back(tw, keep_x)
         out = _t(fx(_t(fy(c))))
