@@ -37,6 +37,7 @@ class IdentityOverFrames:
     face_found: list[bool]
     threshold: float
     model: str
+    scores: object = None              # the ScoreSet behind it (for reports and selection)
 
     @property
     def n_scored(self) -> int:
@@ -65,10 +66,11 @@ def identity_over_frames(frames: list[np.ndarray], references: list[np.ndarray],
                          reference_names: list[str] | None = None, progress=None) -> IdentityOverFrames:
     from .scoring.similarity import score_set
     s = score_set(references, frames, [embedder], name="frames", policy=policy, detector=detector,
-                  cache=cache, reference_names=reference_names, progress=progress)
+                  cache=cache, reference_names=reference_names, progress=progress,
+                  filenames=[f"frame {i}" for i in range(len(frames))])
     ms = s.models[embedder.name]
     per_ref = [None if not c.found else [float(v) for v in row] for c, row in zip(ms.candidates, ms.sims)]
-    return IdentityOverFrames(ms.mean, per_ref, [c.found for c in ms.candidates], ms.threshold, embedder.name)
+    return IdentityOverFrames(ms.mean, per_ref, [c.found for c in ms.candidates], ms.threshold, embedder.name, s)
 
 
 # --------------------------------------------------------------------------- optical flow

@@ -9,7 +9,7 @@ from ..continuity import video
 from ..continuity.errors import ContinuityError
 from ..continuity.faces import embedders
 from ..continuity.scoring import plots
-from ..continuity.scoring.similarity import POLICIES, get_face_detector, score_set
+from ..continuity.scoring.similarity import POLICIES, get_face_detector
 from . import _common
 from ._types import CATEGORY, FaceModel, Scores
 from .scoring import POLICY_TOOLTIP, _device, _interrupt, to_uint8_list
@@ -62,8 +62,7 @@ class IdentityOverFrames(io.ComfyNode):
             raise ContinuityError(f"no face was found in any of the {len(fr)} frames", input="frames")
         plot = plots.time_plot({f"{model} similarity": res.per_frame}, threshold=res.threshold,
                                title=f"Identity over frames: ID-consistency loss {res.id_consistency_loss:.4f}")
-        s = score_set(refs, fr, [emb], name="frames", filenames=[f"frame {i}" for i in range(len(fr))],
-                      policy=face_policy, detector=detector)   # cached: nothing is embedded again
+        s = res.scores
         missing = len(fr) - res.n_scored
         text = (f"{model}: {res.n_scored}/{len(fr)} frames with a face, mean cosine {res.mean:.4f}, "
                 f"ID-consistency loss {res.id_consistency_loss:.4f} (threshold {res.threshold})"

@@ -155,3 +155,38 @@ def test_content_hash_and_input_kinds():
     for k in range(3):
         c.put(k, k)
     assert len(c) == 2 and c.get(0) is None and c.get(2) == 2
+
+
+def test_arcface_alignment_and_input_without_onnx(faces_dir):
+    import cv2
+
+    from continuity.faces.base import Face
+    rgb = _load(faces_dir / "img12.jpg")
+    face = similarity.get_face_detector().detect(rgb)[0]
+    pts = embedders.five_points(rgb, face)
+    # the same points from the face box alone (the 68-point predictor runs) agree
+    bare = Face(box=face.box, score=1.0)
+    assert np.abs(embedders.five_points(rgb, bare) - pts).max() < 3.0
+    assert pts[0, 0] < pts[1, 0] and pts[3, 0] < pts[4, 0]          # image-left eye / mouth corner first
+    m, _ = cv2.estimateAffinePartial2D(pts, embedders.ARCFACE_TEMPLATE, method=cv2.LMEDS)
+    mapped = pts @ m[:, :2].T + m[:, 2]
+    assert np.abs(mapped - embedders.ARCFACE_TEMPLATE).max() < 6.0   # landmarks land on the template
+    crop = embedders.align_crop(rgb, pts, (112, 112))
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8 and crop.std() > 20
+
+    fed = {}
+
+    class FakeSession:            # stands in for onnxruntime: records what ArcFace is fed
+        def run(self, _, feeds):
+            fed.update(feeds)
+            x = feeds["input.1"]
+            return [x.reshape(x.shape[0], -1)[:, :512].copy()]
+
+    arc = object.__new__(embedders.ArcFaceONNX)
+    arc._sess, arc._input, arc.size, arc.dim, arc._models_dir = FakeSession(), "input.1", (112, 112), 512, None
+    v = arc.embed(rgb, [face, face])
+    x = fed["input.1"]
+    assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0                          # (rgb - 127.5) / 127.5
+    assert np.allclose(x[0].transpose(1, 2, 0), (crop.astype(np.float32) - 127.5) / 127.5)
+    assert v.shape == (2, 512) and np.allclose(np.linalg.norm(v, axis=1), 1.0)

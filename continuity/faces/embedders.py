@@ -244,7 +244,8 @@ class ArcFaceONNX:
         shape = inp.shape
         self.size = (int(shape[3]) if isinstance(shape[3], int) else 112,
                      int(shape[2]) if isinstance(shape[2], int) else 112)
-        self.dim = int(self._sess.get_outputs()[0].shape[-1] or 512)
+        out_dim = self._sess.get_outputs()[0].shape[-1]
+        self.dim = out_dim if isinstance(out_dim, int) else 512
 
     def chips(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         return [align_crop(rgb, five_points(rgb, f, self._models_dir), self.size) for f in faces]
