@@ -79,8 +79,8 @@ class FaceModelLoader(io.ComfyNode):
         if device == "auto":
             import comfy.model_management as mm  # noqa: PLC0415
             device = str(mm.get_torch_device())
-        models_dir = _models_dir(backend) or (_models_dir("retinaface") if parser == "bisenet" else None)
-        analyzer = cf.load_analyzer(backend, device=device, models_dir=models_dir, parser=parser,
+        analyzer = cf.load_analyzer(backend, device=device, models_dir=_models_dir(backend), parser=parser,
+                                    parser_models_dir=_models_dir("retinaface") if parser == "bisenet" else None,
                                     embedder=embedder.strip() or "auto")
         return io.NodeOutput(analyzer)
 

@@ -112,3 +112,33 @@ def test_unknown_backend_is_refused(comfy, inputs):
 def test_dlib_backend_graph(comfy, inputs):
     res = comfy.run(graph("img5.jpg", backend="dlib"))
     assert res.value("m", 2) == 1 and float(res.value("m", 0).sum()) > 1000
+
+
+def test_pro_backends_in_a_graph(comfy, inputs, monkeypatch):
+    """Random-weight BiSeNet and SCRFD graph in the ComfyUI model folders, through the nodes."""
+    import os
+    import torch
+    from test_faces_pro import scrfd_graph
+    from continuity.faces import facexlib_backend as fx
+    monkeypatch.setenv("CONTINUITY_OFFLINE", "1")
+    models = comfy.base / "models"
+    g = graph("img25.jpg", glasses=True, hat=True)
+    g["fm"]["inputs"]["parser"] = "bisenet"
+    res = comfy.run(g, expect_success=False)        # no weights yet: the message names file and folder
+    assert "parsing_bisenet.pth" in res.error["exception_message"]
+    assert os.path.join("models", "facexlib") in res.error["exception_message"]
+    (models / "facexlib").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(fx.build_bisenet(19).state_dict(), models / "facexlib" / fx.BISENET_FILE)
+    res = comfy.run(g)
+    assert "cannot give" not in res.value("m", 3) and res.value("m", 2) == 1
+    pytest.importorskip("onnxruntime")
+    scrfd_graph(str(models / "insightface" / "models" / "buffalo_l" / "det_10g.onnx"))
+    d = {"fm": {"class_type": "ContinuityFaceModelLoader",
+                "inputs": {"backend": "insightface", "parser": "auto", "embedder": "auto", "device": "cpu"}},
+         "l": {"class_type": "LoadImage", "inputs": {"image": "img25.jpg"}},
+         "d": {"class_type": "ContinuityFaceDetect", "inputs": {"face_model": ["fm", 0], "images": ["l", 0],
+                                                                 "min_size": 0}},
+         "o": {"class_type": "PreviewImage", "inputs": {"images": ["d", 1]}}}
+    res = comfy.run(d)
+    assert res.value("d", 2) > 0 and all(f.backend == "insightface" for f in res.value("d", 0).faces[0])

@@ -158,10 +158,12 @@ class FaceAnalyzer:
 
 
 def load_analyzer(backend: str = "mediapipe", device: str = "cpu", models_dir: str | None = None,
-                  parser: str = "auto", embedder: str = "auto", detector_options: dict | None = None) -> FaceAnalyzer:
-    """Detector + parser (+ embedder name), all cached per process."""
+                  parser: str = "auto", embedder: str = "auto", detector_options: dict | None = None,
+                  parser_models_dir: str | None = None) -> FaceAnalyzer:
+    """Detector + parser (+ embedder name), all cached per process. ``parser_models_dir``: where the
+    parser's weights are (default ``models_dir``)."""
     det = get_detector(backend, device=device, models_dir=models_dir, **(detector_options or {}))
-    par = get_parser(parser, device=device, models_dir=models_dir)
+    par = get_parser(parser, device=device, models_dir=parser_models_dir or models_dir)
     return FaceAnalyzer(backend=backend, detector=det, parser=par, embedder_name=embedder,
                         device=device, models_dir=models_dir)
 
