@@ -505,16 +505,18 @@ class GrowCharacterLayer(io.ComfyNode):
                                                "lanczos", "disabled").movedim(1, -1).clamp(0, 1)
             padded, mask = comfy_nodes.ImagePadForOutpaint().expand_image(
                 inner, canvas.left, canvas.top, canvas.right, canvas.bottom, g["feathering"])
+            # encoded once per image, sampled once per candidate
+            if is_inpaint:
+                p1, n1, latent0 = comfy_nodes.InpaintModelConditioning().encode(pos, neg, padded, g["vae"], mask,
+                                                                                noise_mask=True)
+            else:
+                p1, n1 = pos, neg
+                latent0 = {"samples": g["vae"].encode(padded), "noise_mask": mask.reshape(-1, 1, *mask.shape[-2:])}
             for k in range(g["candidates"]):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sd = g["seed"] + k
-                if is_inpaint:
-                    p1, n1, latent = comfy_nodes.InpaintModelConditioning().encode(pos, neg, padded, g["vae"], mask, noise_mask=True)
-                else:
-                    p1, n1 = pos, neg
-                    latent = {"samples": g["vae"].encode(padded), "noise_mask": mask.reshape(-1, 1, *mask.shape[-2:])}
                 latent = comfy_nodes.common_ksampler(model_l, sd, g["steps"], g["cfg"], g["sampler_name"], g["scheduler"],
-                                                     p1, n1, latent, denoise=1.0)[0]
+                                                     p1, n1, dict(latent0), denoise=1.0)[0]
                 dec = g["vae"].decode(latent["samples"])[..., :3].float().cpu().clamp(0, 1)
                 if dec.ndim == 5:
                     dec = dec.reshape(-1, *dec.shape[-3:])

@@ -45,8 +45,8 @@ def test_filter_reasons():
           growth.Candidate("b", 2, 2, (8, 8), face_found=False),
           growth.Candidate("b", 3, 3, (8, 8), face_found=True, identity=0.95, style=0.2)]
     growth.apply_filter(cs, threshold=0.8, style_threshold=0.5, need_style=True)
-    assert [c.kept for c in cs] == [False, False, False, False][:0] or [c.kept for c in cs][:3] == [False, False, False]
-    assert "style" in cs[0].reason and "identity 0.500 < threshold 0.800" == cs[1].reason
+    assert [c.kept for c in cs] == [False, False, False, False]
+    assert cs[0].reason.startswith("style") and "identity 0.500 < threshold 0.800" == cs[1].reason
     assert cs[2].reason == "no face found" and "style 0.200" in cs[3].reason
     growth.apply_filter(cs, threshold=0.8, style_threshold=0.5, need_style=False)
     assert [c.kept for c in cs] == [True, False, False, True]
@@ -68,10 +68,10 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     charlib.save_profile(root, "ada", trigger_word="4da", class_phrase="woman", references=refs)
     layer_dir = comfy.base / "input" / "ada_closeups"
     layer_dir.mkdir(parents=True, exist_ok=True)
-    _square(faces_dir / "img4.jpg", 128).save(layer_dir / "a_same.png")       # same person as the references
-    _square(faces_dir / "img13.jpg", 128).save(layer_dir / "b_other.png")     # someone else
+    _square(faces_dir / "img4.jpg", 96).save(layer_dir / "a_same.png")       # same person as the references
+    _square(faces_dir / "img13.jpg", 96).save(layer_dir / "b_other.png")     # someone else
 
-    def graph(threshold, inpaint):
+    def graph(threshold, inpaint, candidates):
         return {
             "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ada", "revision": 0}},
             "2": {"class_type": "ContinuityLoadImageFolder",
@@ -80,21 +80,21 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
             "3": {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": inpaint}},
             "4": {"class_type": "ContinuityGrowCharacterLayer",
                   "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
-                             "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 192,
-                             "candidates": 2, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                             "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 144,
+                             "candidates": candidates, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
                              "scheduler": "normal", "prompt": "studio light", "negative": "", "feathering": 8,
                              "lora_strength": 0.8, "fix_faces": True, "fix_denoise": 0.5, "fix_size": 64,
                              "threshold": threshold}},
             "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 2]}},
         }
 
-    res = comfy.run(graph(0.0, True))
+    res = comfy.run(graph(0.0, True, 2))
     char, kept, every, report, ds_path = (res.outputs["4"][i] for i in range(5))
     char, report, ds_path = char[0], json.loads(report[0]), ds_path[0]
     cands = report["candidates"]
     assert report["layer"] == "closeup_portrait" and len(cands) == 4 and len(every) == 4
-    assert all(tuple(t.shape) == (1, 192, 192, 3) for t in every)
-    assert all(c["canvas"] == [192, 192] for c in cands)
+    assert all(tuple(t.shape) == (1, 144, 144, 3) for t in every)
+    assert all(c["canvas"] == [144, 144] for c in cands)
     # the faces were found, a fix was tried on each, and each has a score
     assert all(c["face_found"] and c["faces"] >= 1 and c["identity"] is not None for c in cands)
     assert all(c["fix_note"] for c in cands)
@@ -118,7 +118,7 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
 
     # a threshold no one reaches: nothing kept, a new version all the same (with the provenance), v1 untouched
     before = sorted(os.listdir(sub))
-    res = comfy.run(graph(0.999, False))
+    res = comfy.run(graph(0.999, False, 1))
     report2 = json.loads(res.value("4", 3))
     assert report2["kept"] == 0 and report2["dataset_version"] == 2
     assert all(not c["kept"] and "< threshold 0.999" in c["reason"] for c in report2["candidates"])
