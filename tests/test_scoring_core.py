@@ -190,3 +190,42 @@ def test_arcface_alignment_and_input_without_onnx(faces_dir):
     assert -1.0 <= x.min() and x.max() <= 1.0                          # (rgb - 127.5) / 127.5
     assert np.allclose(x[0].transpose(1, 2, 0), (crop.astype(np.float32) - 127.5) / 127.5)
     assert v.shape == (2, 512) and np.allclose(np.linalg.norm(v, axis=1), 1.0)
+
+
+def test_odd_inputs_never_crash(faces_dir, dlib_model):
+    """Grey, RGBA, float, tiny and border-cut images: a score or a clear 'no face', never an exception."""
+    rgb = _load(faces_dir / "img12.jpg")
+    face = similarity.get_face_detector().detect(rgb)[0]
+    x0 = int(face.box[0] + face.width * 0.3)
+    cut = rgb[:, x0:]                                      # the face runs off the left border
+    grey = rgb.mean(axis=2).astype(np.uint8)               # (H, W)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]).astype(np.float32) / 255.0
+    tiny = np.zeros((1, 1, 3), np.float32)
+    res = similarity.embed_images([cut, grey, rgba, tiny], dlib_model, cache=EmbeddingCache())
+    assert res[3].found is False and res[3].embedding is None
+    assert res[1].found and res[2].found                  # grey and RGBA float images work
+    full = similarity.embed_images([rgb], dlib_model, cache=EmbeddingCache())[0].embedding
+    assert float(res[2].embedding @ full) > 0.99          # RGBA float = the same picture
+    assert float(res[1].embedding @ full) > 0.9           # grey: same person
+    if res[0].found:                                       # a half face, if found, is clamped and aligned
+        assert res[0].embedding.shape == (128,) and np.isfinite(res[0].embedding).all()
+
+
+def test_roc_auc_properties():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.floats(-1, 1, allow_nan=False), st.booleans()), min_size=2, max_size=40))
+    def check(pairs):
+        s = np.array([p[0] for p in pairs])
+        y = np.array([p[1] for p in pairs])
+        if y.all() or (~y).all():
+            return
+        auc = calibration.roc_auc(s, y)
+        assert 0.0 <= auc <= 1.0
+        assert calibration.roc_auc(4 * s, y) == pytest.approx(auc)      # only the order matters
+        assert calibration.roc_auc(-s, y) == pytest.approx(1.0 - auc)
+        assert calibration.accuracy_at(s, y, 2.0) == pytest.approx((~y).mean())  # nothing passes
+
+    check()
