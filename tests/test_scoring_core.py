@@ -229,3 +229,42 @@ def test_roc_auc_properties():
         assert calibration.accuracy_at(s, y, 2.0) == pytest.approx((~y).mean())  # nothing passes
 
     check()
+
+
+def test_arcface_through_onnxruntime_with_random_weights(tmp_path, faces_dir):
+    """The real onnxruntime path with a small random-weight ArcFace stand-in (same input/output contract)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3 * 14 * 14, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["input.1"], ["p"], kernel_shape=[8, 8], strides=[8, 8]),
+         helper.make_node("Flatten", ["p"], ["f"], axis=1),
+         helper.make_node("MatMul", ["f", "w"], ["683"])],
+        "tiny_arcface",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    folder = tmp_path / "insightface" / "models" / "buffalo_l"
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / "w600k_r50.onnx"))
+
+    av = {a.name: a for a in embedders.availability(str(tmp_path))}
+    assert av["arcface"].available and av["arcface"].reason.endswith("w600k_r50.onnx")
+    arc = get_embedder("arcface", models_dir=str(tmp_path))
+    assert get_embedder("arcface", models_dir=str(tmp_path)) is arc
+    assert arc.dim == 512 and arc.threshold == 0.32 and arc.size == (112, 112)
+    imgs = [_load(faces_dir / n, 640) for n in ("img12.jpg", "img3.jpg")]
+    res = similarity.embed_images(imgs, arc, cache=EmbeddingCache())       # one batch of two chips
+    assert all(r.found for r in res)
+    det = similarity.get_face_detector()
+    for img, r in zip(imgs, res):
+        face = det.detect(img)[0]
+        crop = embedders.align_crop(img, embedders.five_points(img, face), (112, 112)).astype(np.float32)
+        x = ((crop - 127.5) / 127.5).transpose(2, 0, 1)
+        pooled = x.reshape(3, 14, 8, 14, 8).mean(axis=(2, 4)).reshape(-1)
+        ref = pooled @ w
+        assert np.allclose(r.embedding, ref / np.linalg.norm(ref), atol=1e-4)
