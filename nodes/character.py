@@ -594,9 +594,10 @@ class GrowCharacterLayer(io.ComfyNode):
                              ui={"text": [f"{layer}: kept {result.kept} of {len(cands)} -> {result.folder}"]})
 
 
-def confine_dataset(path: str) -> str:
+def confine_dataset(path: str, input: str = "dataset_path") -> str:
+    """A dataset folder inside ComfyUI's input or output folder (relative paths: the input folder)."""
     from ..continuity.paths import confine
-    return confine(path, _common.allowed_roots("output", "input"), input="dataset", kind="dir")
+    return confine(path, _common.allowed_roots("input", "output"), input=input, kind="dir")
 
 
 # ----------------------------------------------------------------------------- Character Training Plan
