@@ -268,3 +268,29 @@ def test_arcface_through_onnxruntime_with_random_weights(tmp_path, faces_dir):
         pooled = x.reshape(3, 14, 8, 14, 8).mean(axis=(2, 4)).reshape(-1)
         ref = pooled @ w
         assert np.allclose(r.embedding, ref / np.linalg.norm(ref), atol=1e-4)
+
+
+def test_deepface_models_preprocessing_without_tensorflow(faces_dir):
+    """Facenet/OpenFace/DeepID crops and inputs as DeepFace feeds them (the Keras model is faked)."""
+    rgb = _load(faces_dir / "img12.jpg")
+    face = similarity.get_face_detector().detect(rgb)[0]
+    seen = {}
+
+    class FakeKeras:
+        def __call__(self, x, training=False):
+            seen["x"] = x
+            return x.reshape(x.shape[0], -1)[:, :160] + 0.01
+
+    for name, (w, h) in embedders.DEEPFACE_INPUT.items():
+        m = object.__new__(embedders.DeepFaceKeras)
+        m.name, m.dim, m.threshold, m._models_dir = name, embedders.MODELS[name]["dim"], 0.5, None
+        m._model = type("Client", (), {"model": FakeKeras()})()      # newer deepface: client.model
+        v = m.embed(rgb, [face])
+        x = seen["x"]
+        assert x.shape == (1, h, w, 3) and 0.0 <= x.min() and x.max() <= 1.0
+        crop = embedders.deepface_crop(rgb, face, (w, h))
+        assert np.allclose(x[0], crop[..., ::-1] / 255.0)             # BGR in [0, 1]
+        assert v.shape[0] == 1 and np.linalg.norm(v[0]) == pytest.approx(1.0, abs=1e-5)
+    # the crop keeps the face's aspect ratio: black bars, the face centred
+    crop = embedders.deepface_crop(rgb, face, (47, 55))
+    assert crop.shape == (55, 47, 3) and crop[crop.shape[0] // 2, crop.shape[1] // 2].sum() > 0

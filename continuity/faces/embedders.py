@@ -202,6 +202,32 @@ def align_crop(rgb: np.ndarray, points5: np.ndarray, size: tuple[int, int] = (11
     return cv2.warpAffine(as_uint8_rgb(rgb), m, size, borderValue=0.0)
 
 
+def deepface_crop(rgb: np.ndarray, face: Face, size: tuple[int, int], models_dir: str | None = None) -> np.ndarray:
+    """DeepFace's way: turn the image so the eyes are level, crop the face box, resize keeping the
+    aspect ratio and pad with black to ``size`` (w, h)."""
+    import cv2
+    rgb = as_uint8_rgb(rgb)
+    pts = five_points(rgb, face, models_dir)
+    (lx, ly), (rx, ry) = pts[0], pts[1]
+    angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+    cx, cy = face.center
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), angle, 1.0)
+    turned = cv2.warpAffine(rgb, m, (rgb.shape[1], rgb.shape[0]), borderValue=0)
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = face.box
+    x0, y0 = int(max(0, round(x0))), int(max(0, round(y0)))
+    x1, y1 = int(min(w, round(x1))), int(min(h, round(y1)))
+    crop = turned[y0:max(y0 + 1, y1), x0:max(x0 + 1, x1)]
+    tw, th = size
+    f = min(tw / crop.shape[1], th / crop.shape[0])
+    nw, nh = max(1, int(crop.shape[1] * f)), max(1, int(crop.shape[0] * f))
+    small = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
+    out = np.zeros((th, tw, 3), np.uint8)
+    oy, ox = (th - nh) // 2, (tw - nw) // 2
+    out[oy:oy + nh, ox:ox + nw] = small
+    return out
+
+
 # --------------------------------------------------------------------------- ArcFace (ONNX)
 
 def find_arcface(models_dir: str | None) -> str | None:
@@ -293,7 +319,7 @@ class DeepFaceKeras:
                 f"{MODELS[name]['label']} weights not found: put '{DEEPFACE_FILES[name]}' (from {DEEPFACE_URL}, "
                 f"MIT) in {os.path.join(models_dir or '<ComfyUI>/models', 'deepface')}", input="model")
         try:
-            from deepface.modules import modeling  # noqa: F401
+            from deepface import DeepFace  # noqa: F401
         except Exception as exc:  # ImportError, or TensorFlow failing to start
             raise MissingModelError(
                 f"{MODELS[name]['label']}: the weight file is there but running it needs the 'deepface' "
@@ -304,26 +330,24 @@ class DeepFaceKeras:
         os.makedirs(wdir)
         os.symlink(path, os.path.join(wdir, DEEPFACE_FILES[name]))
         os.environ["DEEPFACE_HOME"] = home
-        from deepface.modules import modeling
+        from deepface import DeepFace
         label = {"facenet": "Facenet", "openface": "OpenFace", "deepid": "DeepID"}[name]
         try:
-            self._model = modeling.build_model(task="facial_recognition", model_name=label)
-        except TypeError:  # older deepface
-            self._model = modeling.build_model(label)
+            self._model = DeepFace.build_model(model_name=label, task="facial_recognition")
+        except TypeError:  # older deepface: build_model(model_name)
+            self._model = DeepFace.build_model(label)
 
     def chips(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
-        return [align_crop(rgb, five_points(rgb, f, self._models_dir), DEEPFACE_INPUT[self.name]) for f in faces]
+        return [deepface_crop(rgb, f, DEEPFACE_INPUT[self.name], self._models_dir) for f in faces]
 
     def embed_chips(self, chips: list[np.ndarray]) -> np.ndarray:
+        """DeepFace's default pipeline: BGR, values in [0, 1] ("base" normalisation)."""
         if not chips:
             return np.zeros((0, self.dim), np.float32)
-        x = np.stack(chips).astype(np.float32)
-        if self.name == "facenet":   # DeepFace's "Facenet" normalisation: per-image standardisation
-            x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / np.maximum(x.std(axis=(1, 2, 3), keepdims=True), 1e-6)
-        else:                        # "base": [0, 1]
-            x = x / 255.0
-        x = x[..., ::-1].copy()      # DeepFace works in BGR
-        return l2_normalise(np.asarray(self._model.model(x, training=False)))
+        x = np.ascontiguousarray(np.stack(chips).astype(np.float32)[..., ::-1] / 255.0)
+        net = getattr(self._model, "model", self._model)   # newer deepface wraps the Keras model
+        out = net(x, training=False)
+        return l2_normalise(np.asarray(out.numpy() if hasattr(out, "numpy") else out))
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
         return self.embed_chips(self.chips(rgb, faces))
