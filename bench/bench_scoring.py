@@ -24,7 +24,9 @@ from continuity.faces.embedders import get_embedder  # noqa: E402
 from continuity.scoring.cache import EmbeddingCache, content_hash  # noqa: E402
 from continuity.scoring.similarity import get_face_detector, score_set  # noqa: E402
 
-FACES = os.path.join(REPO, "examples", "faces")
+FACES = next((p for p in (os.path.join(REPO, "assets", "faces"),
+                          os.path.join(os.path.dirname(REPO), "shared", "data", "faces"))
+              if os.path.isfile(os.path.join(p, "img1.jpg"))), os.path.join(REPO, "assets", "faces"))
 
 
 def to_mp(img: Image.Image, mp: float) -> np.ndarray:
