@@ -1,7 +1,7 @@
 """Face analysis core: detectors, head pose, the built-in head mask and its bad inputs.
 
-Photos: examples/faces (DeepFace unit-test images, MIT, Copyright (c) 2019 Sefik Ilkin Serengil;
-see examples/faces/README.md)."""
+Photos: assets/faces (DeepFace unit-test images, MIT, Copyright (c) 2019 Sefik Ilkin Serengil;
+see assets/faces/README.md)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Face nodes in a real ComfyUI graph (in-process): Load Face Model, Detect Faces, Face Region Mask.
 
-Photos: examples/faces (DeepFace unit-test images, MIT, Copyright (c) 2019 Sefik Ilkin Serengil)."""
+Photos: assets/faces (DeepFace unit-test images, MIT, Copyright (c) 2019 Sefik Ilkin Serengil)."""
 from __future__ import annotations
 
 import shutil

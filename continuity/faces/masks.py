@@ -204,12 +204,15 @@ class _Canvas:
 
 
 def _colour_distance(lab: np.ndarray, samples: np.ndarray, weights=(0.5, 1.0, 1.0)) -> np.ndarray:
-    """Per-pixel distance to the colour distribution of ``samples`` (N, 3) Lab, in std units."""
+    """Per-pixel distance to the colour distribution of ``samples`` (N, 3) Lab uint8, in std units
+    (diagonal; one look-up table per channel, so it costs three table look-ups per pixel)."""
     samples = samples.astype(np.float32)
     mean = samples.mean(0)
     std = np.maximum(samples.std(0), (4.0, 3.0, 3.0))
-    d = (lab.astype(np.float32) - mean) / std * np.asarray(weights, np.float32)
-    return np.sqrt((d * d).sum(-1))
+    v = np.arange(256, dtype=np.float32)[:, None]
+    lut = (((v - mean) / std * np.asarray(weights, np.float32)) ** 2).astype(np.float32)   # (256, 3)
+    d2 = cv2.LUT(lab, lut.reshape(1, 256, 3))
+    return np.sqrt(d2[..., 0] + d2[..., 1] + d2[..., 2])
 
 
 def _keep_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -313,8 +316,8 @@ class BuiltinParser:
             jaw = jaw[np.argsort(jaw @ right)]
         below = cv_.poly([np.concatenate([jaw, [jaw[-1] - up * 2 * F, jaw[0] - up * 2 * F]])])
         chin_pt = jaw[np.argmax(jaw @ -up)]
-        rel = np.stack([xx - chin_pt[0], yy - chin_pt[1]], -1)
-        height_above_chin = rel @ up                       # > 0 above the chin
+        dx, dy = xx - chin_pt[0], yy - chin_pt[1]
+        height_above_chin = dx * up[0] + dy * up[1]        # > 0 above the chin
         res = {}
         # ---- ears
         if g.cheeks is not None:
@@ -375,7 +378,7 @@ class BuiltinParser:
             # long hair: below the chin beside the face, same colour as the hair, connected to it
             side = free & (1 - below) & (height_above_chin <= 0).astype(np.uint8) & \
                 (height_above_chin > -1.0 * F).astype(np.uint8)
-            lateral = np.abs(rel @ right) < 1.0 * W
+            lateral = np.abs(dx * right[0] + dy * right[1]) < 1.0 * W
             ext = side & lateral.astype(np.uint8) & (hair_d < 2.5).astype(np.uint8) & (1 - beard)
             ext = cv2.morphologyEx(ext, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
             hair = core | _keep_touching(ext, cv2.dilate(core, np.ones((3, 3), np.uint8)))

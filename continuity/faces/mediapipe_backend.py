@@ -108,7 +108,7 @@ def detect_raw(rgb: np.ndarray, model: int) -> list[tuple[tuple, float, np.ndarr
     return out
 
 
-def face_mesh(rgb: np.ndarray, box, margin: float = 0.6, work_size: int = 256) -> np.ndarray | None:
+def face_mesh(rgb: np.ndarray, box, margin: float = 0.6, work_size: int = 192) -> np.ndarray | None:
     """The 478-point mesh of the face in ``box`` as (478, 3) pixels (z in pixels too), or None.
 
     The mesh runs on a square crop around the box (``margin`` of the box size on each side),
@@ -222,7 +222,7 @@ def add_mesh(rgb: np.ndarray, face: Face) -> bool:
     return True
 
 
-def person_mask_small(rgb: np.ndarray, work_side: int = 512, model: int = 0):
+def person_mask_small(rgb: np.ndarray, work_side: int = 256, model: int = 0):
     """Person segmentation on a copy of longest side ``work_side``: (mask, fx, fy), where the mask
     is (round(H * fy), round(W * fx)) float32 in [0, 1]."""
     rgb = as_uint8_rgb(rgb)
