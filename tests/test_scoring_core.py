@@ -294,3 +294,21 @@ def test_deepface_models_preprocessing_without_tensorflow(faces_dir):
     # the crop keeps the face's aspect ratio: black bars, the face centred
     crop = embedders.deepface_crop(rgb, face, (47, 55))
     assert crop.shape == (55, 47, 3) and crop[crop.shape[0] // 2, crop.shape[1] // 2].sum() > 0
+
+
+def test_cache_is_per_detector(faces_dir, dlib_model):
+    rgb = _load(faces_dir / "img12.jpg")
+    cache = EmbeddingCache()
+    real = similarity.get_face_detector()
+    a = similarity.embed_images([rgb], dlib_model, detector=real, cache=cache)[0]
+
+    class NoFace:
+        name = "dlib"                       # same name, another detector: must not share entries
+
+        def detect(self, img):
+            return []
+
+    b = similarity.embed_images([rgb], dlib_model, detector=NoFace(), cache=cache)[0]
+    assert a.found and not b.found
+    again = similarity.embed_images([rgb.copy()], dlib_model, detector=real, cache=cache)[0]
+    assert again is a                        # same content, same detector: the cached result

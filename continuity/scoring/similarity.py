@@ -104,8 +104,13 @@ class FaceEmbedding:
     note: str = ""
 
 
+def _detector_key(detector) -> tuple:
+    # detectors are cached per process, so their id is stable; the name makes keys readable
+    return (getattr(detector, "name", type(detector).__name__), id(detector))
+
+
 def _detect_cached(rgb: np.ndarray, h: str, detector, cache: EmbeddingCache) -> list[Face]:
-    key = ("faces", h, getattr(detector, "name", type(detector).__name__))
+    key = ("faces", h, _detector_key(detector))
     faces = cache.get(key)
     if faces is None:
         faces = list(detector.detect(rgb))
@@ -136,7 +141,7 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
                                   f"{rgb.shape[1]}x{rgb.shape[0]}", input="mask")
         h = content_hash(rgb)
         mkey = content_hash(mask) if (policy == "in_mask" and mask is not None) else "-"
-        key = ("emb", h, embedder.name, getattr(embedder, "model_path", ""), policy, mkey)
+        key = ("emb", h, embedder.name, getattr(embedder, "model_path", ""), _detector_key(detector), policy, mkey)
         hit = cache.get(key)
         if hit is not None:
             results[i] = hit
