@@ -55,6 +55,8 @@ def face_backend(face_model):
         return None, None, None
     det = getattr(face_model, "detector", None)
     emb = getattr(face_model, "embedder", None)
+    if callable(emb) and not hasattr(emb, "embed"):   # FaceAnalyzer.embedder() builds it on first use
+        emb = emb()
     if det is None and hasattr(face_model, "detect"):
         det = face_model
     if emb is None and hasattr(face_model, "embed"):
@@ -709,7 +711,7 @@ class CharacterTrainingPlan(io.ComfyNode):
                                   input="training_preset")
         sd = training.load_sd_scripts(folder_paths.get_user_directory(), script=preset.script)
         loras_root = folder_paths.get_folder_paths("loras")[0]
-        jobs_root = os.path.join(_common.output_dir(), "continuity", "training")
+        jobs_root = os.path.join(_common.output_dir(), "continuity_training")   # as the Train LoRA node
         model_roots = [_common.models_dir(), *folder_paths.get_folder_paths("checkpoints")]
         pbar = comfy.utils.ProgressBar(len(the_plan.stages) * 100)
         state = {"stage": 0}

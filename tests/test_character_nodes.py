@@ -122,3 +122,27 @@ def test_errors_name_node_and_input(comfy):
                     expect_success=False)
     assert "Record Character Result (Continuity)" in res.error["exception_message"]
     assert "nothing to record" in res.error["exception_message"]
+
+
+def test_save_character_stores_mean_embedding_with_face_model(comfy, faces_dir):
+    d = comfy.base / "input" / "char_real_refs"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in ("img1.jpg", "img2.jpg"):
+        img = Image.open(faces_dir / f).convert("RGB")
+        img.thumbnail((320, 320))
+        img.save(d / f.replace(".jpg", ".png"))
+    res = comfy.run({
+        "1": _load_folder("char_real_refs"),
+        "2": {"class_type": "ContinuityFaceModelLoader",
+              "inputs": {"backend": "dlib", "parser": "landmarks", "embedder": "dlib", "device": "cpu"}},
+        "3": _save("rhea", "1", trigger_word="rh3a", class_phrase="woman", face_model=["2", 0], model_threshold=0.9),
+    })
+    char = res.value("3", 0)
+    (model, rec), = char.embeddings.items()
+    assert rec["count"] == 2 and rec["dim"] == 128
+    assert (comfy.base / "output" / "continuity" / "characters" / "rhea" / rec["file"]).is_file()
+    mean = char.mean_embedding(model)
+    assert mean.shape == (128,) and abs(float(np.linalg.norm(mean)) - 1) < 1e-5
+    assert char.threshold(model) == pytest.approx(0.9)
+    # the two references are the same person: each is close to the mean
+    assert rec["self_similarity"] > 0.9
