@@ -46,10 +46,15 @@ def test_api_workflow_validates(comfy, path):
 
 @pytest.mark.server
 @pytest.mark.parametrize("path", [p for p in API if ws.runnable(p)], ids=lambda p: p.stem)
-def test_workflow_runs_end_to_end_on_the_live_server(server, path):
+def test_workflow_runs_end_to_end_on_the_live_server(server, path, tmp_path_factory):
     prompt = ws.for_tiny_models(ws.load_api(path))
     ws.provide_model_files(server.base, prompt)
     ws.provide_inputs(server.base, prompt)
+    if any(n["class_type"] == "ContinuityTrainLoRA" for n in prompt.values()):
+        # the fake sd-scripts of the training tests, configured the way a server admin does it
+        ws.configure_fake_trainer(server.base, tmp_path_factory.mktemp("sd-scripts") / "sd-scripts")
+    if any(n["class_type"] == "ContinuityLoadDatasetVersion" for n in prompt.values()):
+        ws.ensure_dataset(server)
     entry = server.run(prompt, timeout=600)
     assert entry["status"]["status_str"] == "success"
     assert entry["outputs"], f"{path.name} produced no output"

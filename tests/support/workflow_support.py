@@ -10,13 +10,15 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 FACES = REPO / "assets" / "faces"
+EXAMPLES = REPO / "assets" / "examples"
 
 # loader input name -> ComfyUI models subfolder
 MODEL_INPUTS = {
     "ckpt_name": "checkpoints", "lora_name": "loras", "vae_name": "vae", "unet_name": "diffusion_models",
     "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
     "control_net_name": "controlnet", "upscale_model_name": "upscale_models",
-    "base_model": "checkpoints", "ae_model": "vae", "clip_l": "text_encoders", "t5xxl": "text_encoders",
+    "base_model": "checkpoints", "ae": "vae", "clip_l": "text_encoders", "t5xxl": "text_encoders",
+    "continue_from": "loras",
 }
 
 TINY_LOADERS = {"CheckpointLoaderSimple"}
@@ -39,7 +41,7 @@ def provide_model_files(base: Path, prompt: dict) -> None:
     import torch
     for node in prompt.values():
         for key, value in node.get("inputs", {}).items():
-            if key in MODEL_INPUTS and isinstance(value, str) and value:
+            if key in MODEL_INPUTS and isinstance(value, str) and value and not value.startswith("("):
                 target = base / "models" / MODEL_INPUTS[key] / value
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +53,13 @@ def provide_inputs(base: Path, prompt: dict) -> None:
     inp = base / "input"
     for node in prompt.values():
         inputs = node.get("inputs", {})
+        if node["class_type"] == "LoadVideo" and isinstance(inputs.get("file"), str):
+            dst = inp / inputs["file"]
+            if not dst.exists():
+                shutil.copy(EXAMPLES / Path(inputs["file"]).name, dst)
         if node["class_type"] in ("LoadImage", "LoadImageMask") and isinstance(inputs.get("image"), str):
-            src = FACES / Path(inputs["image"]).name
+            name = Path(inputs["image"]).name
+            src = EXAMPLES / name if (EXAMPLES / name).exists() else FACES / name
             dst = inp / inputs["image"]
             dst.parent.mkdir(parents=True, exist_ok=True)
             if not dst.exists():
@@ -92,9 +99,15 @@ def for_tiny_models(prompt: dict) -> dict:
     return prompt
 
 
+def _norm(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    return float(v)   # the frontend writes 25.0 as 25
+
+
 def signature(prompt: dict) -> list:
     """A comparable form of an API prompt that ignores node ids: class types, widget values, links."""
-    ids = {nid: (n["class_type"], json.dumps({k: v for k, v in sorted(n["inputs"].items())
+    ids = {nid: (n["class_type"], json.dumps({k: _norm(v) for k, v in sorted(n["inputs"].items())
                                               if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))},
                                              sort_keys=True)) for nid, n in prompt.items()}
     out = []
@@ -103,3 +116,23 @@ def signature(prompt: dict) -> list:
                        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in ids)
         out.append((ids[nid][0], ids[nid][1], links))
     return sorted(out)
+
+
+def configure_fake_trainer(base: Path, where: Path) -> None:
+    """Point the server at the fake sd-scripts through <user>/continuity/training.json."""
+    import sys
+    sys.path.insert(0, str(REPO / "tests" / "support" / "fake_sdscripts"))
+    import _fake_trainer
+    root = _fake_trainer.install(str(where))
+    cfg = base / "user" / "continuity" / "training.json"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(json.dumps({"sd_scripts": root, "python": sys.executable}))
+
+
+def ensure_dataset(server) -> None:
+    """The training workflows read dataset 'my_character': make it with the dataset workflow."""
+    if (server.base / "output" / "continuity" / "datasets" / "my_character").is_dir():
+        return
+    prompt = for_tiny_models(load_api(REPO / "workflows" / "api" / "dataset_preparation.json"))
+    provide_inputs(server.base, prompt)
+    server.run(prompt, timeout=600)
