@@ -72,16 +72,38 @@ def test_retinaface_offline_message(tmp_path):
     with pytest.raises(MissingModelError) as e:
         get_detector("retinaface", models_dir=str(tmp_path / "facexlib"))
     assert "detection_Resnet50_Final.pth" in str(e.value) and fx.RETINAFACE_URL in str(e.value)
-    # weights present, but no facexlib package: says how to install it
-    (tmp_path / "fx2").mkdir()
-    (tmp_path / "fx2" / fx.RETINAFACE_FILE).write_bytes(b"")
-    try:
-        import facexlib  # noqa: F401
-        pytest.skip("facexlib is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(MissingModelError, match="pip install facexlib"):
-        get_detector("retinaface", models_dir=str(tmp_path / "fx2"))
+    assert str(tmp_path / "facexlib") in str(e.value)
+
+
+def test_retinaface_random_weights_load_and_decode(tmp_path):
+    torch.manual_seed(0)
+    net = fx.build_retinaface()
+    sd = net.state_dict()
+    for k in ("body.conv1.weight", "body.layer4.2.bn3.running_mean", "fpn.merge1.0.weight", "ssh3.conv7x7_3.1.bias",
+              "ClassHead.2.conv1x1.weight", "BboxHead.0.conv1x1.bias", "LandmarkHead.1.conv1x1.weight"):
+        assert k in sd, k                                     # facexlib's parameter names
+    with torch.no_grad():                                     # only stride-32 priors are faces; no regression
+        for heads in (net.BboxHead, net.LandmarkHead, net.ClassHead):
+            for h in heads:
+                h.conv1x1.weight.zero_()
+                h.conv1x1.bias.zero_()
+        for i, h in enumerate(net.ClassHead):
+            h.conv1x1.bias.copy_(torch.tensor([10.0, -10.0] * 2 if i < 2 else [-10.0, 10.0] * 2))
+    folder = tmp_path / "facexlib"
+    folder.mkdir()
+    # the released file was saved from DataParallel: 'module.' prefixes are accepted
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, folder / fx.RETINAFACE_FILE)
+    det = get_detector("retinaface", models_dir=str(folder))
+    faces = det.detect(np.zeros((320, 320, 3), np.uint8))
+    assert faces
+    for f in faces:
+        cx, cy = f.center
+        for c in (cx, cy):
+            assert abs((c - 16) / 32 - round((c - 16) / 32)) < 1e-4     # on the stride-32 grid
+        assert f.width == pytest.approx(256, abs=1e-3) or f.width == pytest.approx(512, abs=1e-3)
+        assert f.landmarks5 == pytest.approx(np.tile([cx, cy], (5, 1)), abs=1e-3)
+        assert f.score == pytest.approx(1.0, abs=1e-6)
+    assert len(fx.retinaface_priors(320, 320)) == (40 * 40 + 20 * 20 + 10 * 10) * 2
 
 
 def scrfd_graph(path, kps=True, score_bias=(-20.0, -20.0, 5.0), d=0.25, seed=0):

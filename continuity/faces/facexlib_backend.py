@@ -3,8 +3,8 @@
 * BiSeNet: the network is reproduced here class for class (same module names as
   ``facexlib/parsing/bisenet.py`` and ``resnet.py``, MIT licence, Copyright (c) 2020 Xintao Wang),
   so facexlib's ``parsing_bisenet.pth`` loads with ``strict=True`` without installing facexlib.
-* RetinaFace (ResNet-50): run through the ``facexlib`` package when it is installed
-  (``pip install facexlib``), with its weights in the same folder.
+* RetinaFace (ResNet-50): likewise reproduced (``facexlib/detection/retinaface*.py``), so
+  ``detection_Resnet50_Final.pth`` loads without facexlib (and its numba / filterpy dependencies).
 
 Weights go in ComfyUI's ``models/facexlib`` (registered by the node layer) and are downloaded on
 first use when online. The parsing weights were trained on CelebAMask-HQ: non-commercial use only.
@@ -19,6 +19,7 @@ from ..errors import MissingModelError
 from .base import Face, as_uint8_rgb
 from .dlib_backend import LANDMARKS5_ORDER
 from .weights import ensure_file
+from .boxes import nms
 
 BISENET_FILE = "parsing_bisenet.pth"
 BISENET_URL = "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth"
@@ -253,34 +254,132 @@ class BiSeNetParser:
         return out
 
 
+def build_retinaface():
+    """facexlib's RetinaFace (ResNet-50 backbone), same structure and parameter names as
+    ``facexlib/detection/retinaface.py`` / ``retinaface_net.py``, so ``detection_Resnet50_Final.pth``
+    loads with ``strict=True``. Returns a module whose forward gives (loc, softmax conf, landmarks)."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+    import torchvision  # noqa: PLC0415
+    from torchvision.models._utils import IntermediateLayerGetter  # noqa: PLC0415
+
+    def conv_bn(i, o, stride=1, leaky=0.0):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o),
+                             nn.LeakyReLU(negative_slope=leaky, inplace=True))
+
+    def conv_bn_no_relu(i, o, stride):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o))
+
+    def conv_bn1x1(i, o, stride, leaky=0.0):
+        return nn.Sequential(nn.Conv2d(i, o, 1, stride, padding=0, bias=False), nn.BatchNorm2d(o),
+                             nn.LeakyReLU(negative_slope=leaky, inplace=True))
+
+    class SSH(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            leaky = 0.1 if o <= 64 else 0.0
+            self.conv3X3 = conv_bn_no_relu(i, o // 2, 1)
+            self.conv5X5_1 = conv_bn(i, o // 4, 1, leaky)
+            self.conv5X5_2 = conv_bn_no_relu(o // 4, o // 4, 1)
+            self.conv7X7_2 = conv_bn(o // 4, o // 4, 1, leaky)
+            self.conv7x7_3 = conv_bn_no_relu(o // 4, o // 4, 1)
+
+        def forward(self, x):
+            c5_1 = self.conv5X5_1(x)
+            return F.relu(torch.cat([self.conv3X3(x), self.conv5X5_2(c5_1),
+                                     self.conv7x7_3(self.conv7X7_2(c5_1))], dim=1))
+
+    class FPN(nn.Module):
+        def __init__(self, ins, o):
+            super().__init__()
+            leaky = 0.1 if o <= 64 else 0.0
+            self.output1 = conv_bn1x1(ins[0], o, 1, leaky)
+            self.output2 = conv_bn1x1(ins[1], o, 1, leaky)
+            self.output3 = conv_bn1x1(ins[2], o, 1, leaky)
+            self.merge1 = conv_bn(o, o, leaky=leaky)
+            self.merge2 = conv_bn(o, o, leaky=leaky)
+
+        def forward(self, x):
+            o1, o2, o3 = self.output1(x[0]), self.output2(x[1]), self.output3(x[2])
+            o2 = self.merge2(o2 + F.interpolate(o3, size=o2.shape[2:], mode="nearest"))
+            o1 = self.merge1(o1 + F.interpolate(o2, size=o1.shape[2:], mode="nearest"))
+            return [o1, o2, o3]
+
+    class Head(nn.Module):
+        def __init__(self, i, n, k):
+            super().__init__()
+            self.k = k
+            self.conv1x1 = nn.Conv2d(i, n * k, kernel_size=(1, 1), stride=1, padding=0)
+
+        def forward(self, x):
+            out = self.conv1x1(x).permute(0, 2, 3, 1).contiguous()
+            return out.view(out.shape[0], -1, self.k)
+
+    class RetinaFace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            backbone = torchvision.models.resnet50(weights=None)
+            self.body = IntermediateLayerGetter(backbone, {"layer2": 1, "layer3": 2, "layer4": 3})
+            self.fpn = FPN([512, 1024, 2048], 256)
+            self.ssh1, self.ssh2, self.ssh3 = SSH(256, 256), SSH(256, 256), SSH(256, 256)
+            self.ClassHead = nn.ModuleList([Head(256, 2, 2) for _ in range(3)])
+            self.BboxHead = nn.ModuleList([Head(256, 2, 4) for _ in range(3)])
+            self.LandmarkHead = nn.ModuleList([Head(256, 2, 10) for _ in range(3)])
+
+        def forward(self, x):
+            fpn = self.fpn(list(self.body(x).values()))
+            feats = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
+            loc = torch.cat([self.BboxHead[i](f) for i, f in enumerate(feats)], dim=1)
+            conf = torch.cat([self.ClassHead[i](f) for i, f in enumerate(feats)], dim=1)
+            ldm = torch.cat([self.LandmarkHead[i](f) for i, f in enumerate(feats)], dim=1)
+            return loc, F.softmax(conf, dim=-1), ldm
+
+    return RetinaFace()
+
+
+def retinaface_priors(height: int, width: int) -> np.ndarray:
+    """facexlib's PriorBox for RetinaFace: (N, 4) cx, cy, w, h relative to the image."""
+    out = []
+    for step, sizes in ((8, (16, 32)), (16, (64, 128)), (32, (256, 512))):
+        fh, fw = -(-height // step), -(-width // step)
+        cy, cx = np.meshgrid((np.arange(fh) + 0.5) * step / height, (np.arange(fw) + 0.5) * step / width,
+                             indexing="ij")
+        grid = []
+        for s in sizes:
+            grid.append(np.stack([cx, cy, np.full_like(cx, s / width), np.full_like(cy, s / height)], -1))
+        out.append(np.stack(grid, 2).reshape(-1, 4))        # (i, j, size) order, as facexlib
+    return np.concatenate(out).astype(np.float32)
+
+
+def load_retinaface(models_dir: str | None, device: str = "cpu"):
+    key = ("retinaface", models_dir, device)
+    with _lock:
+        if key not in _models:
+            torch = _torch()
+            path = ensure_file(models_dir, RETINAFACE_FILE, RETINAFACE_URL, licence="MIT (facexlib)")
+            net = build_retinaface()
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+            net.load_state_dict(state, strict=True)
+            _models[key] = net.eval().to(device)
+        return _models[key]
+
+
 class RetinaFaceDetector:
-    """facexlib's RetinaFace (ResNet-50); needs ``pip install facexlib`` and its weights."""
+    """facexlib's RetinaFace (ResNet-50) with its own pre- and post-processing (BGR minus
+    (104, 117, 123), priors, variances 0.1 / 0.2, score 0.8, NMS 0.4); large images are detected on a
+    copy whose longest side is ``max_side``."""
 
     name = "retinaface"
 
     def __init__(self, device: str = "cpu", models_dir: str | None = None, conf_threshold: float = 0.8,
-                 max_side: int = 1280):
+                 nms: float = 0.4, max_side: int = 1280, net=None):
         self.device = device
-        self.models_dir = models_dir
         self.conf_threshold = conf_threshold
+        self.nms = nms
         self.max_side = max_side
-        self._net = None
-        self._load()
-
-    def _load(self):
-        key = ("retinaface", self.models_dir, self.device)
-        with _lock:
-            if key not in _models:
-                ensure_file(self.models_dir, RETINAFACE_FILE, RETINAFACE_URL, licence="MIT (facexlib)")
-                try:
-                    from facexlib.detection import init_detection_model  # noqa: PLC0415
-                except Exception as exc:
-                    raise MissingModelError(
-                        f"the RetinaFace backend needs the facexlib package ({type(exc).__name__}: {exc}): "
-                        "pip install facexlib, or choose the mediapipe or dlib backend", input="backend") from exc
-                _models[key] = init_detection_model("retinaface_resnet50", device=self.device,
-                                                    model_rootpath=self.models_dir)
-            self._net = _models[key]
+        self.net = net if net is not None else load_retinaface(models_dir, device)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import cv2  # noqa: PLC0415
@@ -289,13 +388,24 @@ class RetinaFaceDetector:
         h, w = rgb.shape[:2]
         s = min(1.0, self.max_side / max(h, w))
         work = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+        wh, ww = work.shape[:2]
+        x = work[..., ::-1].astype(np.float32) - np.array([104.0, 117.0, 123.0], np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
         with torch.inference_mode():
-            dets = self._net.detect_faces(cv2.cvtColor(work, cv2.COLOR_RGB2BGR), self.conf_threshold)
+            loc, conf, ldm = (t[0].float().cpu() for t in self.net(x))
+        pri = torch.from_numpy(retinaface_priors(wh, ww))
+        v0, v1 = 0.1, 0.2
+        centre = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
+        size = pri[:, 2:] * torch.exp(loc[:, 2:] * v1)
+        boxes = torch.cat([centre - size / 2, centre + size / 2], 1) * torch.tensor([ww, wh, ww, wh]) / s
+        lms = (pri[:, None, :2] + ldm.view(-1, 5, 2) * v0 * pri[:, None, 2:]) * torch.tensor([ww, wh]) / s
+        scores = conf[:, 1]
+        keep = torch.nonzero(scores > self.conf_threshold).flatten()
+        boxes, lms, scores = boxes[keep], lms[keep], scores[keep]
         faces = []
-        for d in np.asarray(dets, dtype=np.float32).reshape(-1, 15):
-            box = tuple(float(v) / s for v in d[:4])
-            lm = d[5:15].reshape(5, 2) / s
-            faces.append(Face(box=box, score=float(d[4]), landmarks5=lm, backend="retinaface",
-                              extra={"landmarks5_order": LANDMARKS5_ORDER}))
+        for i in nms(boxes.numpy(), scores.numpy(), self.nms):
+            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+            faces.append(Face(box=(x0, y0, x1, y1), score=float(scores[i]), landmarks5=lms[i].numpy().astype(np.float32),
+                              backend="retinaface", extra={"landmarks5_order": LANDMARKS5_ORDER}))
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
