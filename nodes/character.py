@@ -496,6 +496,9 @@ class GrowCharacterLayer(io.ComfyNode):
         from . import fix as fixmod  # the face fix's two-pass sampler (issue 4)
         is_inpaint = fixmod._is_inpaint_model(model_l)
         pbar = comfy.utils.ProgressBar(len(srcs) * g["candidates"])
+        import time
+        timings: dict = {}
+        t0 = time.perf_counter()
         cands: list = []
         outs: list[np.ndarray] = []
         unfixed: list[np.ndarray] = []
@@ -528,8 +531,12 @@ class GrowCharacterLayer(io.ComfyNode):
                                               canvas=(canvas.width, canvas.height)))
                 outs.append(out)
                 pbar.update(1)
+        timings["outpaint_s"] = time.perf_counter() - t0
         # score, fix the faces, score the fixed ones; keep the fix only where it does not lower the score
+        t0 = time.perf_counter()
         scores = _identity_scores(char, outs, det, emb)
+        timings["score_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         for c, (s, n) in zip(cands, scores):
             c.identity, c.faces, c.face_found, c.model = s, n, n > 0, getattr(emb, "name", "")
         if g["fix_faces"] and g["fix_denoise"] > 0:
@@ -561,6 +568,8 @@ class GrowCharacterLayer(io.ComfyNode):
                         outs[j], c.identity, c.faces = img2, s2, n2
                     setattr(c, "fix_note", f"fix scored {s2 if s2 is None else round(s2, 4)}; "
                                            + ("kept" if c.fixed else "discarded (lower score or face lost)"))
+        timings["fix_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         need_style = char.style == "animated"
         if need_style:
             style_refs = [__import__("PIL").Image.open(p).convert("RGB") for p in char.style_reference_images()]
@@ -569,6 +578,8 @@ class GrowCharacterLayer(io.ComfyNode):
             for c, img in zip(cands, outs):
                 c.style = growth.style_similarity(img, style_refs, cache=cache)
         growth.apply_filter(cands, threshold=thr, style_threshold=char.style_threshold, need_style=need_style)
+        timings["style_filter_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         prev = char.latest_dataset()
         prev_dir = None
         if prev and prev.get("path"):
@@ -586,8 +597,10 @@ class GrowCharacterLayer(io.ComfyNode):
         new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
                                      path=result.folder, note=f"layer {layer}: {result.kept}/{len(cands)} kept",
                                      extra={"layer": layer, "kept": result.kept, "candidates": len(cands)})
+        timings["write_s"] = time.perf_counter() - t0
         report = json.dumps({"layer": layer, "dataset_version": result.version, "dataset_path": result.folder,
                              "kept": result.kept, "lora": lora_note,
+                             "timings": {k: round(v, 3) for k, v in timings.items()},
                              "candidates": [dict(c.to_dict(), fix_note=getattr(c, "fix_note", "")) for c in cands]},
                             indent=1, default=str)
         kept = [_common.np_to_image(o) for c, o in zip(cands, outs) if c.kept]
