@@ -261,4 +261,116 @@ class PasteBack(io.ComfyNode):
         return io.NodeOutput(torch.from_numpy(out))
 
 
-NODES = [CropForInpaint, TwoPassInpaint, PasteBack]
+def face_fix(face_model, images, model, positive, negative, vae, *, which="all", index=0,
+             regions="face, ears, hair, beard", grow=5.0, min_face=24, context=1.5, min_size=128, target_size=1024,
+             padding="edge", seed=0, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal", denoise_1=0.75,
+             denoise_2=0.40, feather=4.5, colour_match=False, model_2=None):
+    """Every chosen face of every image: region mask, crop, two passes, paste back (face k of the
+    whole batch uses seed + k). Faces are found once, on the input image; each fixed face is
+    pasted into the running result before the next one is cropped. Returns (images, masks, count)."""
+    from ..continuity import faces as cf
+    from ..continuity.faces import masks as cmasks
+
+    region_tuple = cmasks.normalise_regions(regions)
+    if not region_tuple:
+        raise ContinuityError("no region given; e.g. 'face, hair'", input="regions")
+    frames = _common.split_images(images)
+    results, used_masks = [], []
+    k = 0
+    for i, frame in enumerate(frames):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        current = frame.detach().cpu().float()[None]            # (1, H, W, C)
+        rgb = cf.as_uint8_rgb(current[0].numpy())
+        found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
+        chosen = cmasks.select_faces(found, which, index) if found else []
+        ordered = sorted(found, key=lambda f: f.area, reverse=True)
+        union = np.zeros(rgb.shape[:2], np.float32)
+        for face in chosen:
+            res = cmasks.region_masks(rgb, found, regions=region_tuple, which="index", index=ordered.index(face),
+                                      grow=grow, grow_unit="percent", parser=face_model.parser, image_index=i)
+            mask = np.clip(res.mask.astype(np.float32), 0.0, 1.0)
+            if not mask.any():
+                continue
+            crops, cmask, record = geometry.crop_for_inpaint(current, mask[None], context=context, min_size=min_size,
+                                                             target=target_size, pad_mode=padding)
+            fixed, _ = two_pass_inpaint(model, positive, negative, vae, torch.from_numpy(crops[..., :3]),
+                                        torch.from_numpy(cmask), seed + k, steps, cfg, sampler_name, scheduler,
+                                        denoise_1, denoise_2, model_2)
+            if crops.shape[-1] > 3:  # keep extra channels (alpha) of the input as they were
+                fixed = torch.cat([fixed, torch.from_numpy(crops[..., 3:])], dim=-1)
+            current = torch.from_numpy(geometry.paste_back(record, fixed, feather_percent=feather,
+                                                           colour_match=colour_match))
+            union = np.maximum(union, mask)
+            k += 1
+        results.append(current)
+        used_masks.append(torch.from_numpy(union)[None])
+    return results, used_masks, k
+
+
+class FaceFix(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityFaceFix",
+            display_name="Face Fix (Continuity)",
+            category=AREA,
+            description=(
+                "The common case in one node: for every chosen face of every image, the face-region mask, a "
+                "square crop upscaled to target_size with Lanczos, a masked inpaint pass, an unmasked low-denoise "
+                "pass, and the paste back into the frame (feathered inside the mask; everything outside the mask "
+                "stays bit-exact). Face k of the batch uses seed + k. Images without a face pass through."
+            ),
+            inputs=[
+                FaceModel.Input("face_model", tooltip="From Load Face Model (Continuity): finds and parses the faces."),
+                io.Image.Input("image", tooltip="The frame(s) to fix; images of different sizes may come as a list."),
+                *_sampling_inputs(),
+                io.Combo.Input("which", options=["all", "largest", "most_confident", "index"], default="all",
+                               tooltip="Which faces of each image: all of them, the largest, the most confident, or "
+                                       "the one at 'index' (0 = largest)."),
+                io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index."),
+                io.String.Input("regions", default="face, ears, hair, beard",
+                                tooltip="Regions to repaint, comma-separated: face (= skin, brows, eyes, nose, mouth), "
+                                        "skin, brows, eyes, nose, mouth, ears, hair, beard, neck, glasses, hat."),
+                io.Float.Input("grow", default=5.0, min=-50.0, max=100.0, step=0.5,
+                               tooltip="Grow (> 0) or shrink (< 0) each face's mask, in per cent of its face box."),
+                io.Int.Input("min_face", default=24, min=0, max=4096,
+                             tooltip="Ignore faces smaller than this many pixels."),
+                *_crop_inputs(),
+                *_sampler_settings(),
+                *_paste_inputs(),
+                _model_2_input(),
+            ],
+            outputs=[
+                io.Image.Output("fixed", display_name="image", is_output_list=False,
+                                tooltip="The frames with their faces fixed, same sizes as the input."),
+                io.Mask.Output("face_mask", display_name="mask", tooltip="The union of the face masks used, per image."),
+                io.Int.Output("count", display_name="count", tooltip="Number of faces fixed."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, regions, target_size, **kwargs):
+        if target_size % 64:
+            return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
+        return True
+
+    @classmethod
+    @_common.reports_errors("image")
+    def execute(cls, face_model, image, model, positive, negative, vae, which, index, regions, grow, min_face,
+                context, min_size, target_size, padding, seed, steps, cfg, sampler_name, scheduler, denoise_1,
+                denoise_2, feather, colour_match, model_2=None) -> io.NodeOutput:
+        if not hasattr(face_model, "detect") or not hasattr(face_model, "parser"):
+            raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
+        results, masks, count = face_fix(
+            face_model, image, model, positive, negative, vae, which=which, index=index, regions=regions, grow=grow,
+            min_face=min_face, context=context, min_size=min_size, target_size=target_size, padding=padding,
+            seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise_1=denoise_1,
+            denoise_2=denoise_2, feather=feather, colour_match=colour_match, model_2=model_2)
+        sizes = {tuple(r.shape[1:]) for r in results}
+        if len(sizes) == 1:
+            return io.NodeOutput(torch.cat(results), torch.cat(masks), count)
+        # images of different sizes cannot share a batch: give the first (ComfyUI runs lists per item)
+        raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+
+
+NODES = [CropForInpaint, TwoPassInpaint, PasteBack, FaceFix]

@@ -149,3 +149,51 @@ def test_interrupt_is_honoured(comfy):
     assert "execution_interrupted" in events
     # the next run is fine
     assert comfy.run(_graph("fix_int.png", "fix_int_mask.png", steps=2)).success
+
+
+def _face_fix_graph(img_name, *, seed=7, which="all", backend="mediapipe"):
+    return {
+        "m": {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": False}},
+        "p": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["m", 1], "text": "photo of a face"}},
+        "n": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["m", 1], "text": ""}},
+        "i": {"class_type": "LoadImage", "inputs": {"image": img_name}},
+        "f": {"class_type": "ContinuityFaceModelLoader",
+              "inputs": {"backend": backend, "parser": "auto", "embedder": "auto", "device": "cpu"}},
+        "x": {"class_type": "ContinuityFaceFix",
+              "inputs": {"face_model": ["f", 0], "image": ["i", 0], "model": ["m", 0], "positive": ["p", 0],
+                         "negative": ["n", 0], "vae": ["m", 2], "which": which, "index": 0,
+                         "regions": "face, hair", "grow": 5.0, "min_face": 16, "context": 1.5, "min_size": 32,
+                         "target_size": 64, "padding": "edge", "seed": seed, "steps": 2, "cfg": 4.0,
+                         "sampler_name": "euler", "scheduler": "normal", "denoise_1": 1.0, "denoise_2": 0.4,
+                         "feather": 4.5, "colour_match": True}},
+        "o": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}},
+    }
+
+
+def test_face_fix_all_faces_end_to_end(comfy, faces_dir, artifacts_dir):
+    img = Image.open(faces_dir / "couple.jpg").convert("RGB")
+    img = img.resize((img.width // 4, img.height // 4), Image.LANCZOS)
+    img.save(comfy.base / "input" / "fix_couple.png")
+    src = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
+    res = comfy.run(_face_fix_graph("fix_couple.png"))
+    out, mask, count = res.value("x", 0), res.value("x", 1), res.value("x", 2)
+    assert tuple(out.shape) == (1, img.height, img.width, 3)
+    assert tuple(mask.shape) == (1, img.height, img.width)
+    assert count >= 1
+    outside = mask[0] == 0
+    assert bool(outside.any()) and torch.equal(out[0][outside], src[outside]), "outside the face masks: untouched"
+    assert float((out[0] - src).abs()[~outside].max()) > 0.01, "the faces were re-drawn"
+    again = comfy.run(_face_fix_graph("fix_couple.png")).value("x", 0)
+    assert torch.equal(out, again), "deterministic for a seed"
+    one = comfy.run(_face_fix_graph("fix_couple.png", which="largest"))
+    assert one.value("x", 2) == 1 and one.value("x", 2) <= count
+    Image.fromarray((out[0].numpy() * 255).round().astype(np.uint8)).save(artifacts_dir / "fix_face_fix_couple.png")
+
+
+def test_face_fix_passes_faceless_images_through(comfy):
+    arr = _frame(96, 128, 9)
+    _save_input(comfy, "fix_noface.png", arr)
+    res = comfy.run(_face_fix_graph("fix_noface.png", backend="dlib"))
+    assert res.value("x", 2) == 0
+    assert torch.equal(res.value("x", 0)[0], torch.from_numpy(arr.astype(np.float32) / 255.0))
+    assert float(res.value("x", 1).max()) == 0.0
