@@ -91,6 +91,10 @@ def test_score_set_flags_missing_face_and_uses_cache(dlib_model, faces_dir):
             calls["n"] += len(chips)
             return dlib_model.embed_chips(chips)
 
+    # the same picture twice in one call is embedded once; batches of 2 give the same vectors
+    twice = similarity.embed_images([refs[0], refs[0].copy(), refs[1]], Counting(), cache=EmbeddingCache(), batch_size=2)
+    assert calls["n"] == 2 and twice[0] is twice[1] and twice[2].embedding is not None
+    calls["n"] = 0
     s = similarity.score_set(refs, cands, [Counting()], name="A", cache=cache,
                              filenames=["img5.jpg", "img3.jpg", "grey.png"])
     ms = s.models["dlib"]
@@ -142,6 +146,9 @@ def test_face_policies(faces_dir, dlib_model):
     assert res[0].face_index == other
     with pytest.raises(ContinuityError):
         similarity.embed_images([couple], dlib_model, policy="in_mask", masks=[mask[:10]])
+    # with another policy a mask (even of another size, like LoadImage's 64x64 default) is ignored
+    res = similarity.embed_images([couple], dlib_model, policy="largest", masks=[mask[:64, :64]], cache=EmbeddingCache())
+    assert res[0].face_index == similarity.pick_face(faces, "largest")[0]
 
 
 def test_content_hash_and_input_kinds():

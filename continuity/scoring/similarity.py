@@ -120,10 +120,10 @@ def _detect_cached(rgb: np.ndarray, h: str, detector, cache: EmbeddingCache) -> 
 
 def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: str = "largest",
                  masks: list[np.ndarray | None] | None = None, cache: EmbeddingCache | None = None,
-                 progress=None) -> list[FaceEmbedding]:
+                 progress=None, batch_size: int = 16) -> list[FaceEmbedding]:
     """One :class:`FaceEmbedding` per image; each image detected once and embedded once per model.
 
-    Chips of all images that are not cached are embedded in one batch where the model allows.
+    Chips of images that are not cached are embedded in batches of ``batch_size``.
     """
     if policy not in POLICIES:
         raise ContinuityError(f"unknown face policy '{policy}'; choose one of {', '.join(POLICIES)}", input="face_policy")
@@ -133,9 +133,10 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
     results: list[FaceEmbedding | None] = [None] * len(images)
     pending: list[tuple[int, tuple, FaceEmbedding]] = []
     chips: list[np.ndarray] = []
+    inflight: dict[tuple, FaceEmbedding] = {}
     for i, img in enumerate(images):
         rgb = as_uint8_rgb(img)
-        mask = masks[i] if i < len(masks) else None
+        mask = masks[i] if (policy == "in_mask" and i < len(masks)) else None   # masks matter only for in_mask
         if mask is not None and mask.shape[:2] != rgb.shape[:2]:
             raise ContinuityError(f"the mask of image {i} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                   f"{rgb.shape[1]}x{rgb.shape[0]}", input="mask")
@@ -143,6 +144,8 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
         mkey = content_hash(mask) if (policy == "in_mask" and mask is not None) else "-"
         key = ("emb", h, embedder.name, getattr(embedder, "model_path", ""), _detector_key(detector), policy, mkey)
         hit = cache.get(key)
+        if hit is None:
+            hit = inflight.get(key)          # the same picture twice in one call: embedded once
         if hit is not None:
             results[i] = hit
             continue
@@ -157,15 +160,27 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
             res = FaceEmbedding(True, len(faces), idx, tuple(float(v) for v in f.box), None, "")
             chips.extend(embedder.chips(rgb, [f]))
             pending.append((i, key, res))
+            inflight[key] = res
+            results[i] = res
+            if len(chips) >= batch_size:
+                _flush(embedder, chips, pending, results, cache)
         if progress:
             progress(i + 1, len(images))
-    if pending:
-        vecs = embedder.embed_chips(chips)
-        for (i, key, res), v in zip(pending, vecs):
-            res.embedding = np.asarray(v, np.float32)
-            results[i] = res
-            cache.put(key, res)
+    _flush(embedder, chips, pending, results, cache)
     return results  # type: ignore[return-value]
+
+
+def _flush(embedder, chips: list, pending: list, results: list, cache: EmbeddingCache) -> None:
+    """Embed the waiting chips in one batch and store the results (the lists are emptied)."""
+    if not pending:
+        return
+    vecs = embedder.embed_chips(chips)
+    for (i, key, res), v in zip(pending, vecs):
+        res.embedding = np.asarray(v, np.float32)
+        results[i] = res
+        cache.put(key, res)
+    chips.clear()
+    pending.clear()
 
 
 # --------------------------------------------------------------------------- scores
