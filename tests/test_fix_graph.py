@@ -197,3 +197,22 @@ def test_face_fix_passes_faceless_images_through(comfy):
     assert res.value("x", 2) == 0
     assert torch.equal(res.value("x", 0)[0], torch.from_numpy(arr.astype(np.float32) / 255.0))
     assert float(res.value("x", 1).max()) == 0.0
+
+
+def test_batches_through_crop_two_pass_and_paste(comfy):
+    h, w = 72, 104
+    img = _frame(h, w, 5)
+    _save_input(comfy, "fix_batch.png", img)
+    _mask_png(comfy, "fix_batch_mask.png", h, w, (0, 0, 30, 24))      # top-left corner
+    prompt = _graph("fix_batch.png", "fix_batch_mask.png", steps=2)
+    prompt["r"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["i", 0], "amount": 3}}
+    prompt["c"]["inputs"]["image"] = ["r", 0]
+    res = comfy.run(prompt)
+    assert tuple(res.value("c", 0).shape) == (3, 64, 64, 3)
+    assert len(res.value("c", 2)) == 3
+    out = res.value("s")
+    assert tuple(out.shape) == (3, h, w, 3)
+    src = torch.from_numpy(img.astype(np.float32) / 255.0)
+    assert torch.equal(out[:, 24:, :], src[None, 24:, :].expand(3, -1, -1, -1))
+    # each image of the batch got its own noise (batch index), so the fixes differ
+    assert not torch.equal(out[0], out[1])
