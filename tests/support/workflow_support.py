@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ MODEL_INPUTS = {
     "base_model": "checkpoints", "ae": "vae", "clip_l": "text_encoders", "t5xxl": "text_encoders",
     "continue_from": "loras",
 }
+
+# (class type, input) pairs whose folder differs from MODEL_INPUTS
+MODEL_INPUTS_BY_CLASS = {("CLIPVisionLoader", "clip_name"): "clip_vision"}
 
 TINY_LOADERS = {"CheckpointLoaderSimple"}
 
@@ -41,8 +45,9 @@ def provide_model_files(base: Path, prompt: dict) -> None:
     import torch
     for node in prompt.values():
         for key, value in node.get("inputs", {}).items():
-            if key in MODEL_INPUTS and isinstance(value, str) and value and not value.startswith("("):
-                target = base / "models" / MODEL_INPUTS[key] / value
+            folder = MODEL_INPUTS_BY_CLASS.get((node["class_type"], key), MODEL_INPUTS.get(key))
+            if folder and isinstance(value, str) and value and not value.startswith("("):
+                target = base / "models" / folder / value
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     save_file({"continuity_placeholder": torch.zeros(1)}, str(target))
@@ -96,6 +101,9 @@ def for_tiny_models(prompt: dict) -> dict:
                 node["inputs"][key] = 64
         if "target_size" in node.get("inputs", {}) and isinstance(node["inputs"]["target_size"], int):
             node["inputs"]["target_size"] = 128
+        if node["class_type"] == "ContinuityTrainLoRA":
+            # a job name of its own per run: jobs and LoRAs are never overwritten
+            node["inputs"]["job_name"] = f"{node['inputs']['job_name']}_{uuid.uuid4().hex[:6]}"
     return prompt
 
 
