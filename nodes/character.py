@@ -124,7 +124,9 @@ class LoadCharacter(io.ComfyNode):
         except ContinuityError as exc:
             return str(_common.node_error(cls, "name", exc.message))
         if not revs:
-            return str(_common.node_error(cls, "name", f"there is no character profile '{name}'"))
+            # Not an error yet: the profile may be made by a Save Character earlier in the queue (a shipped
+            # workflow names 'my_character'); execute() reports a missing profile, naming this input.
+            return True
         if revision and revision not in revs:
             return str(_common.node_error(cls, "revision", f"profile '{name}' has no revision {revision} (it has 1..{revs[-1]})"))
         return True

@@ -107,14 +107,19 @@ def test_errors_name_node_and_input(comfy):
     msg = res.error["exception_message"]
     assert "'name'" in msg and "not a valid name" in msg
     assert not (comfy.base / "output" / "continuity" / "escape").exists()
-    # loading a profile that does not exist / a revision that does not exist: refused at validation
-    ok, err, _, node_errors = comfy.validate({
+    # loading a profile that does not exist: a clear error when it runs; a revision that does not exist:
+    # refused at validation
+    res = comfy.run({
         "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ghost", "revision": 0}},
-        "2": {"class_type": "ContinuityCharacterInfo",
-              "inputs": {"character": ["1", 0], "text": "", "face_model_name": "", "stage": ""}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 3]}}})
-    assert not ok
-    assert "no character profile 'ghost'" in str(node_errors)
+        "2": {"class_type": "ContinuityRecordCharacterResult", "inputs": {"character": ["1", 0], "lora_name": "x"}}},
+        expect_success=False)
+    msg = res.error["exception_message"]
+    assert "Load Character (Continuity), input 'name'" in msg and "no character profile 'ghost'" in msg
+    comfy.run({"1": _load_folder("char_refs_b"), "2": _save("sole", "1")})
+    ok, err, _, node_errors = comfy.validate({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "sole", "revision": 7}},
+        "2": {"class_type": "ContinuityRecordCharacterResult", "inputs": {"character": ["1", 0], "lora_name": "x"}}})
+    assert not ok and "has no revision 7" in str(node_errors)
     # nothing to record
     res = comfy.run({"1": _load_folder("char_refs_b"), "2": _save("solo", "1")})
     res = comfy.run({"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "solo", "revision": 0}},

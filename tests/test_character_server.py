@@ -65,9 +65,17 @@ def test_profile_made_loaded_updated_versioned_live(server):
     assert (folder / "manifest" / "000001.json").read_bytes() == first
     assert json.loads(first)["profile"]["class_phrase"] == "man"
 
-    # a profile that does not exist is refused before running, naming the node and the input
+    # a revision that does not exist is refused before running (HTTP 400), naming the node and the input
     status, body = server.post_prompt({
-        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ghost", "revision": 0}},
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "sam", "revision": 9}},
         "2": {"class_type": "ContinuityRecordCharacterResult", "inputs": {"character": ["1", 0], "lora_name": "x"}}})
     assert status == 400
-    assert "Load Character (Continuity)" in json.dumps(body) and "ghost" in json.dumps(body)
+    assert "Load Character (Continuity)" in json.dumps(body) and "no revision 9" in json.dumps(body)
+    # a profile that does not exist fails when it runs, with the same kind of message; the server carries on
+    entry = server.run({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "ghost", "revision": 0}},
+        "2": {"class_type": "ContinuityRecordCharacterResult", "inputs": {"character": ["1", 0], "lora_name": "x"}}},
+        expect_success=False)
+    assert entry["status"]["status_str"] == "error"
+    assert "no character profile 'ghost'" in json.dumps(entry["status"]["messages"])
+    assert server.get("/system_stats")
