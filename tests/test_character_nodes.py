@@ -151,3 +151,36 @@ def test_save_character_stores_mean_embedding_with_face_model(comfy, faces_dir):
     assert char.threshold(model) == pytest.approx(0.9)
     # the two references are the same person: each is close to the mean
     assert rec["self_similarity"] > 0.9
+
+
+def test_character_feeds_the_scoring_node(comfy, faces_dir):
+    """Character Info stands in for the separate inputs of nodes that take no CHARACTER yet."""
+    from continuity import character as charlib
+    root = str(comfy.base / "output" / "continuity" / "characters")
+
+    def small(name, side=256):
+        img = Image.open(faces_dir / name).convert("RGB")
+        img.thumbnail((side, side))
+        return img
+    charlib.save_profile(root, "cora", trigger_word="c0ra", class_phrase="woman",
+                         references=[np.asarray(small(f), np.float32) / 255 for f in ("img1.jpg", "img2.jpg")])
+    d = comfy.base / "input" / "cora_cands"
+    d.mkdir(parents=True, exist_ok=True)
+    small("img4.jpg").save(d / "same.png")
+    small("img13.jpg").save(d / "other.png")
+    res = comfy.run({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "cora", "revision": 0}},
+        "2": {"class_type": "ContinuityCharacterInfo",
+              "inputs": {"character": ["1", 0], "text": "", "face_model_name": "", "stage": ""}},
+        "3": _load_folder("cora_cands"),
+        "4": {"class_type": "ContinuityFaceSimilarity",
+              "inputs": {"references": ["2", 3], "candidates": ["3", 0], "filenames": ["3", 2], "model": "dlib",
+                         "face_policy": "largest", "set_name": "cora"}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
+    })
+    scores = res.value("4", 0)
+    ms = next(iter(scores.models.values()))
+    assert len(ms.references) == 2
+    other, same = ms.mean      # natural order: other.png, same.png
+    assert same > other
+
