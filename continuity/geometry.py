@@ -12,11 +12,12 @@ back. Everything here works in float32 with no 8-bit rounding:
   folded into the matrix so the padded square is never materialised. Images use Lanczos-3 and are
   clamped to [0, 1] after resizing (Lanczos overshoots at edges); masks use an antialiased
   triangle (bilinear) filter, which never overshoots.
-* **Paste-back** of a crop that was *enlarged* uses the exact left inverse of the enlargement (the
-  least-squares solution ``(UᵀU)⁻¹Uᵀ`` of the Lanczos upscale ``U``, solved with a banded Cholesky
-  factorisation): an unchanged crop pastes back to the original pixels to float precision, and new
-  content is shrunk with Lanczos antialiasing followed by a mild deconvolution. A crop that was
-  *shrunk* (the box was larger than the target side) is enlarged back with Lanczos-3.
+* **Paste-back** adds the *change* made to the crop, resized back, to the original frame, so an
+  unchanged crop (or part of one) leaves the frame exactly as it was. The change of a crop that
+  was *enlarged* is shrunk with the exact left inverse of the enlargement (the least-squares
+  ``(UᵀU)⁻¹Uᵀ`` of the Lanczos upscale ``U``: Lanczos antialiasing followed by a mild
+  deconvolution); that of a crop that was *shrunk* (box larger than the target side) is enlarged
+  with Lanczos-3, keeping the frame's finer detail.
 * **Blending** happens only inside the mask: ``alpha = mask * smoothstep(d / w)`` where ``d`` is the
   distance to the nearest pixel outside the mask and ``w`` (the feather width) is a percentage of
   the crop side in frame pixels, clamped. Pixels where the mask is 0 are never touched (not even
@@ -96,6 +97,7 @@ class StitchRecord:
     boxes: list[CropBox]
     originals: np.ndarray            # (B, H, W, C) float32
     masks: np.ndarray                # (B, H, W) float32
+    crops: np.ndarray | None = None  # (B, T, T, C) the crops as they were handed out
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -393,7 +395,7 @@ def crop_for_inpaint(images, masks, *, context: float = 1.5, min_size: int = 128
         else:
             cmasks[i] = crop_resized(m[i], box, "triangle")
         boxes.append(box)
-    record = StitchRecord(boxes=boxes, originals=x, masks=np.ascontiguousarray(m),
+    record = StitchRecord(boxes=boxes, originals=x, masks=np.ascontiguousarray(m), crops=crops,
                           info={"context": context, "min_size": min_size, "target": target, "pad_mode": pad_mode})
     return crops, cmasks, record
 
@@ -455,6 +457,13 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
                colour_match: bool = False) -> np.ndarray:
     """Paste each crop into its original image, blended only inside the original mask.
 
+    What is pasted is the *change* made to the crop, resized back to the frame and added to the
+    original: ``original + alpha * uncrop(crop - crop_as_handed_out)``. An unchanged crop (or an
+    unchanged part of one) therefore leaves the frame exactly as it was, also where the crop was
+    shrunk (the frame's detail finer than the crop's pixels is kept) or where Lanczos overshoot was
+    clamped. Crops that come back at another size than they were handed out are pasted as they are
+    (``uncrop(crop)``) instead.
+
     Returns the (B, H, W, C) frames. Pixels where the mask is 0, and whole images whose box is
     ``empty``, are the original values, bit for bit."""
     c = _np(crops)
@@ -465,10 +474,10 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
         raise ContinuityError(f"{c.shape[0]} crops for a stitch record of {n}; paste the batch that came "
                               "from the same Crop For Inpaint", input="image")
     out = record.originals.copy()
-    ch = out.shape[-1]
-    if c.shape[-1] < ch:
-        raise ContinuityError(f"the crops have {c.shape[-1]} channels, the originals {ch}", input="image")
+    ch = min(out.shape[-1], c.shape[-1])      # e.g. RGB crops into RGBA frames: the alpha stays as it was
     c = c[..., :ch]
+    ref = record.crops
+    as_delta = ref is not None and ref.shape[:3] == c.shape[:3] and ref.shape[-1] >= ch
     for i, box in enumerate(record.boxes):
         if box.empty:
             continue
@@ -476,13 +485,19 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
         alpha = blend_alpha(record.masks[i, ry0:ry1, rx0:rx1], box, feather_width(box.side, feather_percent))
         if not (alpha > 0).any():
             continue
-        new = uncrop(c[i], box)
-        old = out[i, ry0:ry1, rx0:rx1]
+        old = out[i, ry0:ry1, rx0:rx1, :ch]
+        if as_delta:
+            change = c[i] - ref[i, ..., :ch]
+            if not change.any():
+                continue
+            new = np.clip(old + uncrop(change, box, clamp=False), 0.0, 1.0)
+        else:
+            new = uncrop(c[i], box)
         if colour_match:
             new = match_colour(new, old, alpha)
         a = alpha[..., None]
         blended = old + a * (new - old)
-        out[i, ry0:ry1, rx0:rx1] = np.where(a > 0, blended, old)
+        out[i, ry0:ry1, rx0:rx1, :ch] = np.where(a > 0, blended, old)
     return out
 
 
