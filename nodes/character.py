@@ -619,6 +619,34 @@ def confine_dataset(path: str, input: str = "dataset_path") -> str:
 
 # ----------------------------------------------------------------------------- Character Training Plan
 
+def evaluate_lora(char, model, clip, vae, lora_path: str, n: int, side: int, steps: int, face_model=None) -> dict:
+    """The consistency report of one LoRA: ``n`` test images (prompts over the framing ladder, seeds 0..n-1)
+    generated with it and scored against the character's references."""
+    import comfy.sd
+    import comfy.utils
+    import nodes as comfy_nodes
+
+    from ..continuity.character import growth
+    lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+    m, c = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
+    neg = _encode_text(c, "blurry, deformed")
+    images, prompts = [], []
+    for i in range(n):
+        text = char.prompt(growth.LAYER_PROMPT[growth.LAYERS[i % len(growth.LAYERS)]])
+        latent = comfy_nodes.EmptyLatentImage().generate(side, side, 1)[0]
+        out = comfy_nodes.common_ksampler(m, i, steps, 6.0, "euler", "normal", _encode_text(c, text), neg, latent)[0]
+        images.append(vae.decode(out["samples"])[0, ..., :3].float().cpu().clamp(0, 1).numpy())
+        prompts.append(text)
+    det, emb = _scorer(face_model)
+    scores = _identity_scores(char, images, det, emb)
+    vals = [s for s, _ in scores if s is not None]
+    thr = char.threshold(getattr(emb, "name", None), float(getattr(emb, "threshold", 0.0)))
+    return {"model": getattr(emb, "name", ""), "count": n, "scored": len(vals),
+            "faces_missing": n - len(vals), "mean": float(np.mean(vals)) if vals else None,
+            "passing": sum(1 for v in vals if thr is not None and v >= thr), "threshold": thr,
+            "per_image": [s for s, _ in scores], "prompts": prompts}
+
+
 def _throw_if_interrupted():
     import comfy.model_management
     comfy.model_management.throw_exception_if_processing_interrupted()
@@ -675,6 +703,17 @@ class CharacterTrainingPlan(io.ComfyNode):
                                 tooltip="A dataset folder inside ComfyUI's input or output folder; empty: the profile's latest dataset version."),
                 io.String.Input("job_prefix", default="", optional=True,
                                 tooltip="Prefix of the job names (default: <character>_r<revision>)."),
+                io.Model.Input("model", optional=True,
+                               tooltip="With model, clip and vae connected and eval_images > 0, each stage's LoRA is tried: "
+                                       "test images are generated and scored against the references (the stage's report)."),
+                io.Clip.Input("clip", optional=True, tooltip="CLIP for the test images."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE for the test images."),
+                io.Int.Input("eval_images", default=0, min=0, max=64, optional=True,
+                             tooltip="Test images per stage (0: no consistency report)."),
+                io.Int.Input("eval_resolution", default=1024, min=64, max=4096, step=8, optional=True,
+                             tooltip="Side of the test images."),
+                io.Int.Input("eval_steps", default=25, min=1, max=200, optional=True, tooltip="Sampling steps of the test images."),
+                FaceModel.Input("face_model", optional=True, tooltip="Face model for the report (default: dlib)."),
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile with every stage's LoRA recorded."),
@@ -696,7 +735,8 @@ class CharacterTrainingPlan(io.ComfyNode):
     @classmethod
     @_common.reports_errors("plan")
     def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",
-                job_prefix="") -> io.NodeOutput:
+                job_prefix="", model=None, clip=None, vae=None, eval_images=0, eval_resolution=1024, eval_steps=25,
+                face_model=None) -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -757,9 +797,14 @@ class CharacterTrainingPlan(io.ComfyNode):
                 job=res.job, report=res.report,
                 extra={"stage_name": res.name, "plan": the_plan.name, "network_weights": res.network_weights,
                        "dataset": res.dataset_dir, "images": res.images, "repeats": res.repeats}).revision
+        evaluate = None
+        if eval_images and model is not None and clip is not None and vae is not None:
+            def evaluate(stage, lora_path):
+                return evaluate_lora(char, model, clip, vae, lora_path, eval_images, eval_resolution, eval_steps,
+                                     face_model)
         try:
             results = planlib.run_plan(the_plan, dataset_dir=ds_dir, make_job=counted_make, launch=launch,
-                                       on_stage_done=record_stage,
+                                       on_stage_done=record_stage, evaluate=evaluate,
                                        interrupted=_throw_if_interrupted)
         except planlib.PlanFailed as exc:
             charlib.record(root, char.name, action="plan_failed", summary=exc.message.splitlines()[0], changes={})

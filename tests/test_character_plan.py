@@ -200,3 +200,15 @@ def test_fake_sd_scripts_failure_in_stage_two(tmp_path):
     assert len(fake.invocations(sd_root)) == 2
     kept = charlib.load_profile(root, "olga").loras
     assert len(kept) == 1 and kept[0]["stage"] == 1 and os.path.isfile(kept[0]["path"])
+
+
+def test_evaluation_error_keeps_the_stage(tmp_path):
+    d = _dataset(str(tmp_path / "ds"), {"closeup": 1})
+    fake = FakeLauncher(str(tmp_path))
+
+    def evaluate(stage, lora):
+        raise ContinuityError("no face found in reference image #0")
+    res = planlib.run_plan(planlib.parse_plan("single"), dataset_dir=d, make_job=fake.make_job, launch=fake.launch,
+                           evaluate=evaluate)
+    assert len(res) == 1 and os.path.isfile(res[0].lora_path)
+    assert "consistency report failed: no face found" in res[0].report["error"]

@@ -70,6 +70,30 @@ def test_three_stage_plan_node_records_each_stage(comfy, fake_sd):
     assert char.revision == 4       # create + one revision per stage
 
 
+def test_plan_node_consistency_report_per_stage(comfy, fake_sd, faces_dir):
+    fake, sd_root = fake_sd
+    from continuity import character as charlib
+    ref = Image.open(faces_dir / "img1.jpg").convert("RGB")
+    ref.thumbnail((256, 256))
+    charlib.save_profile(str(comfy.base / "output" / "continuity" / "characters"), "wes", trigger_word="zx9",
+                         class_phrase="man", references=[np.asarray(ref, np.float32) / 255])
+    ds = _dataset(comfy, "wes_ds", {"closeup": 1, "portrait": 1})
+    g = _graph("wes", ds, plan="custom", prefix="wes_eval")
+    g["2"]["inputs"]["custom_plan"] = '[{"name": "all"}, {"name": "closeups", "subsets": ["closeup"], "repeats": 2}]'
+    g["3"] = {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": False}}
+    g["2"]["inputs"].update({"model": ["3", 0], "clip": ["3", 1], "vae": ["3", 2], "eval_images": 2,
+                             "eval_resolution": 64, "eval_steps": 2})
+    res = comfy.run(g)
+    char = res.value("2", 0)
+    reports = [entry["report"] for entry in char.loras]
+    assert len(reports) == 2
+    for rep in reports:
+        # the tiny random models draw no faces: counted as missing, never given a made-up score
+        assert rep["count"] == 2 and rep["scored"] + rep["faces_missing"] == 2 and len(rep["per_image"]) == 2
+        assert rep["prompts"][0].startswith("zx9 man, close-up")
+    assert "2/2 stages done" in res.value("2", 2)
+
+
 def test_plan_node_failure_in_stage_two_keeps_stage_one(comfy, fake_sd):
     fake, sd_root = fake_sd
     _profile(comfy, "uma")

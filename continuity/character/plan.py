@@ -234,13 +234,18 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
                 raise ContinuityError(f"subsets {st.subsets} select no image in {current_dir}")
             job = make_job(st, i, items, weights, current_dir)
             lora = launch(job)
-            report = evaluate(st, lora) if evaluate else {}
         except Exception as exc:
             kept = "; ".join(f"stage {r.index} ('{r.name}') LoRA {os.path.basename(r.lora_path)}" for r in results)
             msg = (f"stage {i} of {len(plan.stages)} ('{st.name}') failed, so the plan stopped: "
                    f"{getattr(exc, 'message', None) or exc}")
             msg += f"\nKept: {kept}." if kept else "\nNo stage had finished; nothing was recorded."
             raise PlanFailed(msg, results=results) from exc
+        report = {}
+        if evaluate:
+            try:   # a trained LoRA is never thrown away because its test images could not be scored
+                report = evaluate(st, lora)
+            except Exception as exc:
+                report = {"error": f"the consistency report failed: {getattr(exc, 'message', None) or exc}"}
         res = StageResult(i, st.name, str(getattr(job, "job_id", job)), lora, weights, current_dir, len(items),
                           st.repeats, round(time.perf_counter() - t0, 3), report)
         if on_stage_done:
