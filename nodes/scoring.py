@@ -11,7 +11,7 @@ from ..continuity.errors import ContinuityError, MissingModelError
 from ..continuity.faces import embedders
 from ..continuity.faces.base import as_uint8_rgb
 from ..continuity.paths import confine, safe_name
-from ..continuity.scoring import plots, report
+from ..continuity.scoring import calibration, plots, report
 from ..continuity.scoring.similarity import POLICIES, ScoreSet, get_face_detector, score_set
 from . import _common
 from ._types import CATEGORY, FaceModel, Scores
@@ -446,4 +446,78 @@ class ClipSimilarity(io.ComfyNode):
                              ui=ui.PreviewText(text))
 
 
-NODES = [FaceSimilarity, SelectBySimilarity, ConsistencyReport, IdentityModels, ClipSimilarity]
+class CalibrateIdentityModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinuityCalibrateIdentityModel",
+            display_name="Check Identity Model (Continuity)",
+            category=f"{CATEGORY}/scoring",
+            description=(
+                "Checks an identity model on your own labelled pairs: a folder under the input directory with the "
+                "photos and a CSV (file_x,file_y,Decision with Yes/No). Gives the ROC AUC, the accuracy at the "
+                "model's own threshold, and a histogram of same-person and different-person similarities."),
+            inputs=[
+                io.String.Input("folder", default="continuity/pairs",
+                                tooltip="Folder inside ComfyUI's input directory holding the photos and the CSV."),
+                io.String.Input("pairs_file", default="pairs.csv", tooltip="Name of the CSV file in that folder."),
+                io.Combo.Input("model", options=list(embedders.NAMES), default="dlib", tooltip="Identity model to check."),
+            ],
+            outputs=[
+                io.Float.Output("roc_auc", tooltip="Area under the ROC curve (1 = perfect separation)."),
+                io.Float.Output("accuracy", tooltip="Share of pairs judged right at the model's own threshold."),
+                io.Float.Output("threshold", tooltip="The model's threshold (cosine similarity)."),
+                io.Image.Output("histogram", tooltip="Similarities of same-person and different-person pairs."),
+                io.String.Output("summary", tooltip="The figures as text."),
+            ],
+        )
+
+    @classmethod
+    def _csv(cls, folder: str, pairs_file: str) -> str:
+        path = confine(folder, _common.allowed_roots("input"), input="folder", kind="dir")
+        name = safe_name(pairs_file, input="pairs_file")
+        return confine(os.path.join(path, name), _common.allowed_roots("input"), input="pairs_file", kind="file")
+
+    @classmethod
+    def validate_inputs(cls, folder, pairs_file, **kwargs):
+        try:
+            cls._csv(folder, pairs_file)
+        except ContinuityError as exc:
+            return str(_common.node_error(cls, exc.input, exc.message))
+        return True
+
+    @classmethod
+    @_common.reports_errors("folder")
+    def execute(cls, folder, pairs_file, model) -> io.NodeOutput:
+        csv_path = cls._csv(folder, pairs_file)
+        root = os.path.dirname(csv_path)
+        from ..continuity.imageio import load_image
+
+        def load(n):
+            p = confine(os.path.join(root, n), [root], input="pairs_file", kind="file")
+            return load_image(p)[0]
+
+        try:
+            pairs = calibration.read_pairs(csv_path)
+        except (KeyError, ValueError) as exc:
+            raise ContinuityError(f"'{pairs_file}' needs the columns file_x, file_y, Decision ({exc})",
+                                  input="pairs_file") from exc
+        labels = [p[2] for p in pairs]
+        if all(labels) or not any(labels):
+            raise ContinuityError("the pairs need both Yes (same person) and No (different people) rows",
+                                  input="pairs_file")
+        emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_device())
+        res = calibration.evaluate_pairs(csv_path, emb, loader=load)
+        hist = plots.pair_histogram(res["sims"], res["labels"], res["threshold"],
+                                    title=f"{model}: ROC AUC {res['roc_auc']:.4f}, accuracy {res['accuracy']:.1%} "
+                                          f"at {res['threshold']}")
+        text = (f"{model}: {res['scored']}/{res['pairs']} pairs scored, ROC AUC {res['roc_auc']:.4f}, accuracy "
+                f"{res['accuracy']:.4f} at threshold {res['threshold']}; mean similarity same {res['same_mean']:.3f}, "
+                f"different {res['different_mean']:.3f}"
+                + (f"; no face in {', '.join(res['no_face'])}" if res["no_face"] else ""))
+        img = _common.np_to_image(hist)
+        return io.NodeOutput(res["roc_auc"], res["accuracy"], res["threshold"], img, text, ui=ui.PreviewImage(img, cls=cls))
+
+
+NODES = [FaceSimilarity, SelectBySimilarity, ConsistencyReport, IdentityModels, CalibrateIdentityModel,
+         ClipSimilarity]

@@ -167,3 +167,36 @@ def test_in_mask_policy_scores_the_masked_face(comfy, faces_dir):
     assert abs(c.box[0] - small.box[0]) < 2 and abs(c.box[1] - small.box[1]) < 2
     # the reference used its largest face, a different person: the similarity is below 1
     assert res.value("3", 0).models["dlib"].mean[0] < 0.99
+
+
+def test_check_identity_model_on_labelled_pairs(comfy, faces_dir, artifacts_dir):
+    import csv
+    names = ["img1.jpg", "img2.jpg", "img4.jpg", "img3.jpg", "img12.jpg", "img13.jpg"]
+    d = comfy.base / "input" / "sc_pairs"
+    d.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        img = Image.open(faces_dir / n).convert("RGB")
+        img.thumbnail((500, 500))
+        img.save(d / n)
+    with open(faces_dir / "pairs.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["file_x"] in names and r["file_y"] in names]
+    assert any(r["Decision"] == "Yes" for r in rows) and any(r["Decision"] == "No" for r in rows)
+    with open(d / "pairs.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["file_x", "file_y", "Decision"])
+        w.writeheader()
+        w.writerows(rows)
+    prompt = {"1": {"class_type": "ContinuityCalibrateIdentityModel",
+                    "inputs": {"folder": "sc_pairs", "pairs_file": "pairs.csv", "model": "dlib"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 3]}}}
+    res = comfy.run(prompt)
+    auc, acc, thr, hist, text = (res.value("1", i) for i in range(5))
+    assert thr == 0.93 and auc >= 0.99 and acc >= 0.9
+    assert f"{len(rows)}/{len(rows)} pairs scored" in text
+    Image.fromarray((hist[0].numpy() * 255).astype(np.uint8)).save(artifacts_dir / "pairs_histogram.png")
+    # a pairs file outside the input folder, or a missing one, is refused before running
+    prompt["1"]["inputs"]["pairs_file"] = "../pairs.csv"
+    ok, _, _, node_errors = comfy.validate(prompt)
+    assert not ok and "pairs_file" in json.dumps(node_errors)
+    prompt["1"]["inputs"]["pairs_file"] = "missing.csv"
+    ok, _, _, node_errors = comfy.validate(prompt)
+    assert not ok and "does not exist" in json.dumps(node_errors)

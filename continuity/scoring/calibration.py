@@ -57,7 +57,11 @@ def evaluate_pairs(csv_path: str, embedder, *, detector=None, cache=None, loader
     sims, embs = score_pairs(pairs, images, embedder, detector=detector, cache=cache)
     keep = [i for i, s in enumerate(sims) if s is not None]
     s = np.array([sims[i] for i in keep])
-    y = np.array([pairs[i][2] for i in keep])
+    y = np.array([pairs[i][2] for i in keep], bool)
+    if not len(y) or y.all() or not y.any():
+        from ..errors import ContinuityError
+        raise ContinuityError("after leaving out the images without a face, the pairs no longer hold both "
+                              "same-person and different-person pairs", input="pairs_file")
     return {
         "model": embedder.name, "pairs": len(pairs), "scored": len(keep),
         "no_face": [n for n, e in embs.items() if not e.found],

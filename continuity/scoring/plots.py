@@ -184,3 +184,31 @@ def time_plot(series: dict[str, list[float | None]], *, threshold: float | None 
             return _to_array(fig)
         finally:
             plt.close(fig)
+
+
+def pair_histogram(sims: list[float | None], labels: list[bool], threshold: float, *, title: str = "",
+                   size=(8.0, 3.5), dpi: int = 100) -> np.ndarray:
+    """Histograms of the similarities of same-person and different-person pairs, threshold marked."""
+    plt = _plt()
+    s = np.array([np.nan if v is None else v for v in sims], np.float64)
+    y = np.asarray(labels, bool)
+    ok = ~np.isnan(s)
+    with _plot_lock:
+        fig, ax = plt.subplots(figsize=size, dpi=dpi)
+        try:
+            lo = min(float(np.nanmin(s)) if ok.any() else 0.0, threshold) - 0.02
+            hi = max(float(np.nanmax(s)) if ok.any() else 1.0, threshold) + 0.02
+            bins = np.linspace(lo, hi, 40)
+            ax.hist(s[ok & ~y], bins=bins, alpha=0.6, label=f"different people ({int((ok & ~y).sum())})")
+            ax.hist(s[ok & y], bins=bins, alpha=0.6, label=f"same person ({int((ok & y).sum())})")
+            ax.axvline(threshold, color="black", linestyle="dashed", linewidth=1, label=f"threshold {threshold:g}")
+            from matplotlib.ticker import MaxNLocator
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("cosine similarity")
+            ax.set_ylabel("pairs")
+            ax.set_title(title, fontsize=10)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            return _to_array(fig)
+        finally:
+            plt.close(fig)
