@@ -68,19 +68,15 @@ def face_backend(face_model):
 
 
 def reference_embeddings(face_model, images: list[np.ndarray]) -> tuple[str, np.ndarray]:
-    """The identity embedding of the largest face of each image; a clear error if none has a face."""
-    from ..continuity.faces.base import as_uint8_rgb
+    """The identity embedding of the largest face of each image (cached by image content, shared with
+    the scoring nodes); a clear error if no image has a face."""
+    from ..continuity.scoring.similarity import embed_images
     det, emb, name = face_backend(face_model)
-    rows = []
-    for img in images:
-        rgb = as_uint8_rgb(img)
-        faces = det.detect(rgb)
-        if faces:
-            rows.append(np.asarray(emb.embed(rgb, faces[:1]), dtype=np.float32)[0])
-    if not rows:
+    found = [r.embedding for r in embed_images(images, emb, detector=det, policy="largest") if r.found]
+    if not found:
         raise ContinuityError("no face was found in any reference image, so no identity embedding can be stored",
                               input="references")
-    return name, np.stack(rows)
+    return name, np.stack(found).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- Load Character
