@@ -323,6 +323,11 @@ class RecordCharacterResult(io.ComfyNode):
         except json.JSONDecodeError:
             rep = {"text": report}
         if train_job is not None:
+            state = _attr(train_job, "state", default="finished")
+            if state != "finished":
+                raise ContinuityError(f"the training job is {state}; record it once it has finished "
+                                      "(Train LoRA in wait mode, or after Training Status shows it finished)",
+                                      input="train_job")
             lname = _attr(train_job, "lora_name", "name", default="")
             lpath = _attr(train_job, "lora_path", "output_path", default="")
             if not lname and lpath:

@@ -184,3 +184,20 @@ def test_character_feeds_the_scoring_node(comfy, faces_dir):
     other, same = ms.mean      # natural order: other.png, same.png
     assert same > other
 
+
+
+def test_record_result_reads_train_job_and_dataset_values(comfy):
+    """The TRAIN_JOB and DATASET values of the training and dataset nodes (dicts) are recorded."""
+    from continuity import character as charlib
+    root = str(comfy.base / "output" / "continuity" / "characters")
+    charlib.save_profile(root, "dina", references=[np.zeros((8, 8, 3), np.float32)])
+    cls = comfy.node_class("ContinuityRecordCharacterResult")
+    char = comfy.node_class("ContinuityLoadCharacter").execute("dina", 0).args[0]
+    job = {"job_id": "dina_v1", "job_dir": "/x", "lora_name": "dina_v1/dina_v1.safetensors", "state": "finished"}
+    ds = {"name": "dina", "version": 3, "path": "/data/dina/v3", "manifest": {"items": []}}
+    out = cls.execute(char, train_job=job, dataset=ds, stage="2", report='{"mean": 0.8}').args[0]
+    lora = out.latest_lora()
+    assert (lora["name"], lora["stage"], lora["dataset_version"], lora["job"]) == ("dina_v1/dina_v1.safetensors", "2", 3, "dina_v1")
+    assert out.latest_dataset()["version"] == 3 and out.latest_dataset()["path"] == "/data/dina/v3"
+    with pytest.raises(ValueError, match="the training job is running"):
+        cls.execute(out, train_job=dict(job, state="running"))
