@@ -309,15 +309,16 @@ def _inverse_axis0(x: np.ndarray, side: int, keep: tuple[int, int]) -> np.ndarra
     return _apply_axis0(inv[keep[0]:keep[1]], _apply_axis0(ut, x))
 
 
-def uncrop(crop, box: CropBox, clamp: bool = True) -> np.ndarray:
+def uncrop(crop, box: CropBox, clamp: bool = True, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A (possibly edited) crop resized back to the frame: the part of the box inside the image,
-    (y1 - y0, x1 - x0, C) for ``box.region``. Enlarged crops use the exact inverse of the
+    (y1 - y0, x1 - x0, C) for ``box.region`` (or for ``window``, (x0, y0, x1, y1) in frame pixels
+    inside the region, when only that part is needed). Enlarged crops use the exact inverse of the
     enlargement ``(UᵀU)⁻¹Uᵀ``; shrunk crops are enlarged back with Lanczos-3."""
     c = _np(crop)
     flat = c.ndim == 2
     if flat:
         c = c[..., None]
-    rx0, ry0, rx1, ry1 = box.region
+    rx0, ry0, rx1, ry1 = window if window is not None else box.region
     py, px = ry0 - box.y0, rx0 - box.x0
     keep_y, keep_x = (py, py + ry1 - ry0), (px, px + rx1 - rx0)
     th, tw = c.shape[:2]
@@ -483,16 +484,21 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
             continue
         rx0, ry0, rx1, ry1 = box.region
         alpha = blend_alpha(record.masks[i, ry0:ry1, rx0:rx1], box, feather_width(box.side, feather_percent))
-        if not (alpha > 0).any():
+        bb = mask_bbox(alpha)
+        if bb is None:
             continue
+        # only the window where alpha > 0 is resized back and blended
+        alpha = alpha[bb[1]:bb[3], bb[0]:bb[2]]
+        rx0, ry0, rx1, ry1 = rx0 + bb[0], ry0 + bb[1], rx0 + bb[2], ry0 + bb[3]
+        window = (rx0, ry0, rx1, ry1)
         old = out[i, ry0:ry1, rx0:rx1, :ch]
         if as_delta:
             change = c[i] - ref[i, ..., :ch]
             if not change.any():
                 continue
-            new = np.clip(old + uncrop(change, box, clamp=False), 0.0, 1.0)
+            new = np.clip(old + uncrop(change, box, clamp=False, window=window), 0.0, 1.0)
         else:
-            new = uncrop(c[i], box)
+            new = uncrop(c[i], box, window=window)
         if colour_match:
             new = match_colour(new, old, alpha)
         a = alpha[..., None]
