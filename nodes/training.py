@@ -22,7 +22,7 @@ from ..continuity.errors import ContinuityError
 from ..continuity.imageio import load_image
 from ..continuity.paths import confine
 from . import _common
-from ._types import CATEGORY, Dataset, TrainJob
+from ._types import CATEGORY, Character, Dataset, TrainJob
 
 log = logging.getLogger("continuity")
 
@@ -246,6 +246,9 @@ class TrainLoRA(io.ComfyNode):
                                tooltip="Flux: the autoencoder (ae.safetensors) from models/vae."),
                 io.Combo.Input("continue_from", options=[NONE] + _safetensors("loras"), default=NONE, optional=True,
                                tooltip="Start from this LoRA's weights (--network_weights), e.g. stage 1 of a plan."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character): its trigger word and class phrase "
+                                        "replace token and class_phrase."),
             ],
             outputs=[
                 TrainJob.Output("job", display_name="job", tooltip="The training job (for Training Status)."),
@@ -297,8 +300,12 @@ class TrainLoRA(io.ComfyNode):
     def execute(cls, preset, job_name, base_model, mode, resume, token, class_phrase, shot, mask_meaning, epochs,
                 steps, learning_rate, network_dim, network_alpha, overrides, images=None, masks=None,
                 captions=None, dataset=None, reg_images=None, clip_l=None, t5xxl=None, ae=None,
-                continue_from=None) -> io.NodeOutput:
+                continue_from=None, character=None) -> io.NodeOutput:
         first = lambda v, d=None: (v[0] if isinstance(v, list) and v else (d if isinstance(v, list) or v is None else v))  # noqa: E731
+        if first(character) is not None:   # a CHARACTER in place of the separate token / class phrase
+            from ..continuity.character import as_character
+            char = as_character(first(character))
+            token, class_phrase = char.trigger_word or first(token, ""), char.class_phrase or first(class_phrase, "")
         preset_id, name, mode, resume = first(preset), first(job_name), first(mode), first(resume)
         node_id = str(cls.hidden.unique_id) if cls.hidden and cls.hidden.unique_id is not None else None
         p = training.load_preset(preset_id)

@@ -127,3 +127,28 @@ def test_plan_node_bad_inputs(comfy, fake_sd):
     res = comfy.run(g, expect_success=False)
     assert "outside the allowed folders" in res.error["exception_message"]
     assert fake_sd[0].invocations(fake_sd[1]) == []
+
+
+def test_train_lora_takes_a_character(comfy, fake_sd):
+    """Train LoRA with a CHARACTER: its trigger word and class phrase replace token and class_phrase."""
+    fake, sd_root = fake_sd
+    _profile(comfy, "xan")     # trigger zx9, class man
+    ds = _dataset(comfy, "xan_ds", {"closeup": 2})
+    train = {"preset": "sdxl_realistic", "job_name": "xan_char_job", "base_model": "plan_base.safetensors",
+             "mode": "wait", "resume": False, "token": "ohwx", "class_phrase": "woman", "shot": "close",
+             "mask_meaning": "1 = character (segmentation mask)", "epochs": 1, "steps": 0, "learning_rate": 0.0,
+             "network_dim": 0, "network_alpha": 0.0, "overrides": "", "images": ["2", 0], "captions": ["2", 3],
+             "character": ["1", 0]}
+    res = comfy.run({
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "xan", "revision": 0}},
+        "2": {"class_type": "ContinuityLoadImageFolder",
+              "inputs": {"folder": f"{ds}/closeup", "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                         "caption_extension": ".txt"}},
+        "3": {"class_type": "ContinuityTrainLoRA", "inputs": train},
+        "4": {"class_type": "ContinuityRecordCharacterResult",
+              "inputs": {"character": ["1", 0], "train_job": ["3", 0], "stage": "1"}},
+    })
+    job_dir = comfy.base / "output" / "continuity_training" / "xan_char_job"
+    captions = sorted(p.read_text() for p in job_dir.rglob("*.txt"))
+    assert captions and all(c.startswith("zx9 man") for c in captions), captions
+    assert res.value("4", 0).latest_lora()["name"] == "xan_char_job/xan_char_job.safetensors"
