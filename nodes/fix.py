@@ -175,6 +175,12 @@ class CropForInpaint(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, target_size, **kwargs):
+        if target_size % 64:
+            return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
+        return True
+
+    @classmethod
     @_common.reports_errors("mask")
     def execute(cls, image, mask, context, min_size, target_size, padding) -> io.NodeOutput:
         if target_size % 64:
@@ -350,8 +356,14 @@ class FaceFix(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, regions, target_size, **kwargs):
+        from ..continuity.faces import masks as cmasks
         if target_size % 64:
             return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
+        try:
+            if not cmasks.normalise_regions(regions):
+                return str(_common.node_error(cls, "regions", "no region given; e.g. 'face, hair'"))
+        except ContinuityError as exc:
+            return str(_common.node_error(cls, "regions", exc.message))
         return True
 
     @classmethod

@@ -216,3 +216,14 @@ def test_batches_through_crop_two_pass_and_paste(comfy):
     assert torch.equal(out[:, 24:, :], src[None, 24:, :].expand(3, -1, -1, -1))
     # each image of the batch got its own noise (batch index), so the fixes differ
     assert not torch.equal(out[0], out[1])
+
+
+def test_bad_widget_values_are_refused_before_running(comfy):
+    g = _face_fix_graph("fix_noface.png")
+    g["x"]["inputs"]["regions"] = "face, tail"
+    ok, _, _, node_errors = comfy.validate(g)
+    assert not ok and "input 'regions'" in str(node_errors) and "tail" in str(node_errors)
+    g2 = _graph("fix_sq.png", "fix_sq_mask.png")
+    g2["c"]["inputs"]["target_size"] = 100
+    ok, _, _, node_errors = comfy.validate(g2)
+    assert not ok and "input 'target_size'" in str(node_errors)
