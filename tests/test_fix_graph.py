@@ -227,3 +227,20 @@ def test_bad_widget_values_are_refused_before_running(comfy):
     g2["c"]["inputs"]["target_size"] = 100
     ok, _, _, node_errors = comfy.validate(g2)
     assert not ok and "input 'target_size'" in str(node_errors)
+
+
+def test_face_fix_batch_uses_a_seed_per_face(comfy, faces_dir):
+    img = Image.open(faces_dir / "img2.jpg").convert("RGB")
+    img = img.resize((img.width // 6, img.height // 6), Image.LANCZOS)
+    img.save(comfy.base / "input" / "fix_batch_face.png")
+    g = _face_fix_graph("fix_batch_face.png", which="largest")
+    g["r"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["i", 0], "amount": 2}}
+    g["x"]["inputs"]["image"] = ["r", 0]
+    res = comfy.run(g)
+    out, mask, count = res.value("x", 0), res.value("x", 1), res.value("x", 2)
+    assert tuple(out.shape) == (2, img.height, img.width, 3) and count == 2
+    assert torch.equal(mask[0], mask[1]), "same image, same face mask"
+    inside = mask[0] > 0
+    assert not torch.equal(out[0][inside], out[1][inside]), "face 0 used seed, face 1 seed + 1"
+    src = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
+    assert torch.equal(out[1][~inside], src[~inside])
