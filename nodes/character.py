@@ -746,6 +746,12 @@ class CharacterTrainingPlan(io.ComfyNode):
         char = charlib.as_character(character)
         the_plan = planlib.parse_plan(custom_plan if plan == "custom" else plan,
                                       input="custom_plan" if plan == "custom" else "plan")
+        refining = [st.name for st in the_plan.stages if st.refine]
+        if refining:
+            raise ContinuityError(f"stage(s) {', '.join(refining)} use the 2-step refine loop, which this node cannot run "
+                                  "yet: run the stages as separate plans with Grow Character Layer / the face fix in "
+                                  "between, or use the core API (run_plan(refine=...))",
+                                  input="custom_plan" if plan == "custom" else "plan")
         if dataset_path and dataset_path.strip():
             ds_dir = confine_dataset(dataset_path.strip())
         else:

@@ -123,6 +123,8 @@ def test_plan_node_bad_inputs(comfy, fake_sd):
     g = _graph("vic", ds)   # three_stage on a dataset with close-ups only: stage 3 has no images
     res = comfy.run(g, expect_success=False)
     assert "stage 3 ('expressions') selects no image" in res.error["exception_message"]
+    res = comfy.run(_graph("vic", ds, plan="two_step"), expect_success=False)
+    assert "refine loop, which this node cannot run" in res.error["exception_message"]
     g = _graph("vic", "../../etc")
     res = comfy.run(g, expect_success=False)
     assert "outside the allowed folders" in res.error["exception_message"]
