@@ -80,7 +80,8 @@ def provide_inputs(base: Path, prompt: dict) -> None:
                 # the example folders of the workflows name the photos they expect in their _meta
                 names = node.get("_meta", {}).get("example_files") or ["img1.jpg", "img2.jpg"]
                 for name in names:
-                    shutil.copy(FACES / name, dst / name)
+                    src = EXAMPLES / name if (EXAMPLES / name).exists() else FACES / name
+                    shutil.copy(src, dst / name)
 
 
 def runnable(path: Path) -> bool:
