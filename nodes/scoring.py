@@ -82,6 +82,34 @@ def describe(s: ScoreSet) -> str:
     return "\n".join(lines)
 
 
+def candidate_table(s: ScoreSet) -> dict:
+    """The per-candidate table the web extension draws on the node (ui 'continuity_table')."""
+    rows = []
+    for model, ms in s.models.items():
+        cal = [ms.calibrated(m) for m in ms.mean]
+        for i, cand in enumerate(ms.candidates):
+            name = s.filenames[i] if i < len(s.filenames) else f"#{i}"
+            verdict = None if ms.mean[i] is None else bool(ms.mean[i] >= ms.threshold)
+            rows.append([name, model, bool(cand.found), ms.mean[i], ms.max[i], cal[i], verdict])
+    return {"title": f"{s.name}: similarity to the references", "flags": [False, False, True, False, False, False, True],
+            "columns": ["candidate", "model", "face", "mean", "max", "calibrated", "passes"], "rows": rows}
+
+
+def summary_table(rows: list[dict], title: str) -> dict:
+    cols = list(report.TABLE_COLUMNS)
+    return {"title": title, "columns": cols, "rows": [[r.get(c) for c in cols] for r in rows]}
+
+
+def output_file_entry(path: str) -> dict | None:
+    """A saved file as ComfyUI's history lists outputs (so /view and API clients can fetch it)."""
+    root = os.path.realpath(_common.output_dir())
+    real = os.path.realpath(path)
+    if not path or os.path.commonpath([real, root]) != root:
+        return None
+    sub, name = os.path.split(os.path.relpath(real, root))
+    return {"filename": name, "subfolder": sub.replace(os.sep, "/"), "type": "output"}
+
+
 class FaceSimilarity(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -158,7 +186,7 @@ class FaceSimilarity(io.ComfyNode):
         s.unavailable = skipped
         missing = sum(1 for c in next(iter(s.models.values())).candidates if not c.found)
         text = describe(s)
-        return io.NodeOutput(s, text, missing, ui=ui.PreviewText(text))
+        return io.NodeOutput(s, text, missing, ui={"text": [text], "continuity_table": [candidate_table(s)]})
 
 
 class IdentityModels(io.ComfyNode):
@@ -350,8 +378,12 @@ class ConsistencyReport(io.ComfyNode):
             json_path, csv_path = report.write_report(sets, folder, stem)
         imgs = [_common.np_to_image(a) for a in (bar, heat, lines)]
         preview = torch.cat(imgs) if len({tuple(i.shape) for i in imgs}) == 1 else imgs[0]
-        return io.NodeOutput(imgs[0], imgs[1], imgs[2], text, json_path, csv_path,
-                             ui=ui.PreviewImage(preview, cls=cls))
+        shown = ui.PreviewImage(preview, cls=cls).as_dict()
+        shown["continuity_table"] = [summary_table(rows, "Consistency: mean similarity per set and model")]
+        files = [e for e in (output_file_entry(json_path), output_file_entry(csv_path)) if e]
+        if files:
+            shown["continuity_files"] = files
+        return io.NodeOutput(imgs[0], imgs[1], imgs[2], text, json_path, csv_path, ui=shown)
 
 
 def clip_image_embeds(clip_vision, images: list[torch.Tensor]) -> torch.Tensor:

@@ -50,3 +50,35 @@ def test_frontend_knows_the_pack_and_loads_a_graph(page, server, artifacts_dir):
     assert load["inputs"]["folder"] == "frontend_set"
     shot = page.screenshot(artifacts_dir / "frontend_load_image_folder.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_similarity_table_and_plots_drawn_on_the_nodes(page, server, artifacts_dir, faces_dir):
+    """Queued from the page: the web extension draws the score table on Face Similarity."""
+    import shutil
+    for folder, names in (("fe_refs", ["img1.jpg", "img2.jpg"]), ("fe_cands", ["img4.jpg", "img13.jpg"])):
+        d = server.base / "input" / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copy(faces_dir / n, d / n)
+    lf = lambda folder: {"class_type": "ContinuityLoadImageFolder",  # noqa: E731
+                         "inputs": {"folder": folder, "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                                    "caption_extension": ".txt"}}
+    api = {"1": lf("fe_refs"), "2": lf("fe_cands"),
+           "3": {"class_type": "ContinuityFaceSimilarity",
+                 "inputs": {"references": ["1", 0], "candidates": ["2", 0], "model": "dlib", "face_policy": "largest",
+                            "set_name": "frontend", "filenames": ["2", 2]}},
+           "4": {"class_type": "ContinuityConsistencyReport",
+                 "inputs": {"scores_1": ["3", 0], "plot_model": "", "save": False,
+                            "filename_prefix": "continuity/reports/frontend"}}}
+    page.eval("app.graph.clear()")
+    page.eval(f"app.loadApiJson({json.dumps(api)}, 'scores')")
+    page.eval("app.queuePrompt(0, 1)")
+    rows = page.wait_for("""(() => { const n = app.graph._nodes.find(n => n.type === 'ContinuityFaceSimilarity');
+        const el = n?.continuityReport?.element; return el ? Array.from(el.querySelectorAll('tbody tr')).map(
+        tr => Array.from(tr.cells).map(td => td.textContent)) : null; })()""", timeout=180)
+    assert [r[0] for r in rows] == ["img4.jpg", "img13.jpg"]
+    assert rows[0][-1] == "true" and rows[1][-1] == "false"   # same person passes, another does not
+    page.wait_for("(() => { const n = app.graph._nodes.find(n => n.type === 'ContinuityConsistencyReport');"
+                  " return n?.imgs?.length > 0 && n?.continuityReport; })()", timeout=120)
+    page.eval("app.canvas.ds.scale = 0.8; app.canvas.setDirty(true, true)")
+    page.screenshot(artifacts_dir / "frontend_similarity_table.png")

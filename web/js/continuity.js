@@ -74,10 +74,16 @@ app.registerExtension({
         el.className = "continuity-report";
         this.continuityReport = this.addDOMWidget("continuity_report", "continuity_report", el, {
           serialize: false,
-          getMinHeight: () => 80,
+          getMinHeight: () => this.continuityReportHeight ?? 80,
         });
       }
       renderReport(this.continuityReport.element, message);
+      // room for the table: a line per row (up to 14 rows; more scroll), text reports as they are
+      const rows = (message.continuity_table ?? []).reduce((n, t) => n + (t.rows?.length ?? 0) + 2, 0);
+      const lines = (message.continuity_text ?? []).reduce((n, t) => n + String(t).split("\n").length, 0);
+      this.continuityReportHeight = Math.min(340, 40 + 17 * (Math.min(rows, 14) + Math.min(lines, 8)));
+      const wanted = Math.max(this.size[0], 480);
+      this.setSize([wanted, Math.max(this.size[1], this.computeSize([wanted, 0])[1])]);
       this.setDirtyCanvas?.(true, true);
     };
   },
