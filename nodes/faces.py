@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 import folder_paths
 
@@ -119,7 +119,9 @@ class FaceDetect(io.ComfyNode):
             batch.faces.append(faces)
             batch.sizes.append(rgb.shape[:2])
             previews.append(torch.from_numpy(draw_faces(rgb, faces).astype(np.float32) / 255.0))
-        return io.NodeOutput(batch, torch.stack(previews), batch.count)
+        preview = torch.stack(previews)
+        # boxes and landmarks shown on the node itself
+        return io.NodeOutput(batch, preview, batch.count, ui=ui.PreviewImage(preview, cls=cls))
 
 
 class FaceRegionMask(io.ComfyNode):
@@ -202,7 +204,11 @@ class FaceRegionMask(io.ComfyNode):
         if unavailable:
             info += (f"; the '{face_model.parser.name}' parser cannot give: {', '.join(unavailable)} "
                      "(use the bisenet parser for glasses and hat)")
-        return io.NodeOutput(_stack(masks), _stack(previews), total, info)
+        preview = _stack(previews)
+        # the mask overlay on the node itself, with which faces were found
+        shown = ui.PreviewImage(preview, cls=cls).as_dict()
+        shown["continuity_text"] = [info]
+        return io.NodeOutput(_stack(masks), preview, total, info, ui=shown)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -82,3 +82,27 @@ def test_similarity_table_and_plots_drawn_on_the_nodes(page, server, artifacts_d
                   " return n?.imgs?.length > 0 && n?.continuityReport; })()", timeout=120)
     page.eval("app.canvas.ds.scale = 0.8; app.canvas.setDirty(true, true)")
     page.screenshot(artifacts_dir / "frontend_similarity_table.png")
+
+
+def test_mask_overlay_shown_on_the_mask_node(page, server, artifacts_dir, faces_dir):
+    import shutil
+    shutil.copy(faces_dir / "couple.jpg", server.base / "input" / "fe_couple.jpg")
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "fe_couple.jpg"}},
+           "2": {"class_type": "ContinuityFaceModelLoader",
+                 "inputs": {"backend": "mediapipe", "parser": "auto", "embedder": "auto", "device": "cpu"}},
+           "3": {"class_type": "ContinuityFaceRegionMask",
+                 "inputs": {"face_model": ["2", 0], "images": ["1", 0], "which": "all", "index": 0, "skin": True,
+                            "brows": True, "eyes": True, "nose": True, "mouth": True, "ears": True, "hair": True,
+                            "beard": True, "neck": False, "glasses": False, "hat": False, "grow": 0.0,
+                            "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 32,
+                            "if_no_face": "empty mask"}},
+           "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
+           "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
+    page.eval("app.graph.clear()")
+    page.eval(f"app.loadApiJson({json.dumps(api)}, 'mask')")
+    page.eval("app.queuePrompt(0, 1)")
+    text = page.wait_for("""(() => { const n = app.graph._nodes.find(n => n.type === 'ContinuityFaceRegionMask');
+        return n?.imgs?.length > 0 && n?.continuityReport ? n.continuityReport.element.textContent : null; })()""",
+                         timeout=180)
+    assert "faces per image: 2" in text
+    page.screenshot(artifacts_dir / "frontend_mask_overlay.png")
