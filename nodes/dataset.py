@@ -12,7 +12,7 @@ from ..continuity import imageio
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
 from . import _common
-from ._types import CATEGORY, Dataset, FaceModel
+from ._types import CATEGORY, Character, Dataset, FaceModel
 
 
 class LoadImageFolder(io.ComfyNode):
@@ -151,6 +151,31 @@ def _person_mask_fn():
 def _interrupt():
     import comfy.model_management  # noqa: PLC0415
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _character(character):
+    """The CHARACTER of an optional ``character`` input (a list of one on is_input_list nodes), or None."""
+    from ..continuity.character import as_character  # noqa: PLC0415
+    return as_character(_first(character))
+
+
+def _reference_embedding(char, embedder, detector) -> np.ndarray:
+    """The character's mean identity embedding for ``embedder``: the stored one when the profile has it
+    (same dimensions), else the mean of its reference portraits' embeddings (cached by content)."""
+    name = getattr(embedder, "name", None)
+    stored = char.mean_embedding(name) if name else None
+    if stored is not None:
+        return stored
+    from ..continuity.scoring.similarity import embed_images  # noqa: PLC0415
+    from ..continuity.faces.base import as_uint8_rgb  # noqa: PLC0415
+    refs = [as_uint8_rgb(a) for a in char.load_reference_images()]
+    if not refs:
+        raise ContinuityError(f"the profile '{char.name}' has no reference portraits to compare with", input="character")
+    found = [r.embedding for r in embed_images(refs, embedder, detector=detector, policy="largest") if r.found]
+    if not found:
+        raise ContinuityError(f"no face was found in the reference portraits of '{char.name}'", input="character")
+    mean = np.mean(np.stack(found).astype(np.float32), axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
 
 def _dataset_value(version) -> dict:
@@ -334,6 +359,10 @@ class DatasetAudit(io.ComfyNode):
                                  tooltip="Use the person mask to tell full-body shots (person ends inside the frame)."),
                 FaceModel.Input("face_model", optional=True,
                                 tooltip="Face detector to use; without one, the built-in (MediaPipe, else dlib)."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, identity outliers are "
+                                        "judged against the character (its stored mean embedding for the model, else "
+                                        "its reference portraits) at its threshold, instead of against the set's mean."),
             ],
             outputs=[
                 io.String.Output("table", display_name="table", tooltip="The audit table (markdown) with the set summary and what is missing."),
@@ -349,7 +378,7 @@ class DatasetAudit(io.ComfyNode):
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, images, identity_model, min_side, min_count, yaw_threshold, pitch_threshold,
-                use_person_mask, filenames=None, face_model=None) -> io.NodeOutput:
+                use_person_mask, filenames=None, face_model=None, character=None) -> io.NodeOutput:
         import comfy.utils  # noqa: PLC0415
         from ..continuity.dataset import audit as au  # noqa: PLC0415
         from ..continuity.faces import embedders  # noqa: PLC0415
@@ -361,9 +390,14 @@ class DatasetAudit(io.ComfyNode):
             raise ContinuityError(f"{len(names)} filenames for {len(imgs)} images", input="filenames")
         fm = _first(face_model)
         model = _first(identity_model, "dlib")
+        char = _character(character)
         emb = None
         if model != "none":
             emb = embedders.get_embedder(model, models_dir=_common.models_dir())
+        reference, threshold = None, None
+        if char is not None and emb is not None:   # outliers against the character, at its threshold
+            reference = _reference_embedding(char, emb, _detector(fm))
+            threshold = char.threshold(emb.name, getattr(emb, "threshold", None))
         opt = au.AuditOptions(min_side=_first(min_side), min_count=_first(min_count),
                               yaw_threshold=_first(yaw_threshold), pitch_threshold=_first(pitch_threshold),
                               use_person_mask=bool(_first(use_person_mask)))
@@ -374,7 +408,8 @@ class DatasetAudit(io.ComfyNode):
 
         _interrupt()
         res = au.audit(imgs, names or None, detector=_detector(fm), embedder=emb,
-                       person_mask_fn=_person_mask_fn(), options=opt, progress=progress)
+                       person_mask_fn=_person_mask_fn(), options=opt, progress=progress,
+                       reference=reference, threshold=threshold)
         table = au.table_text(res)
         cov = _common.np_to_image(au.coverage_image(res))
         sheet = _common.np_to_image(au.contact_sheet(imgs, res))
@@ -412,6 +447,10 @@ class BuildCaption(io.ComfyNode):
                 io.Boolean.Input("include_background", default=True, tooltip="Put the background in the caption."),
                 io.String.Input("caption", optional=True, force_input=True,
                                 tooltip="An existing caption to start from (split into its parts)."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, its trigger word and "
+                                        "class phrase replace trigger and class_word (an empty one in the profile "
+                                        "keeps the widget's)."),
             ],
             outputs=[
                 io.String.Output("caption_out", display_name="caption", tooltip="The caption."),
@@ -423,8 +462,13 @@ class BuildCaption(io.ComfyNode):
     @classmethod
     @_common.reports_errors("caption")
     def execute(cls, trigger, class_word, appearance, framing, background, extra, prefix, include_trigger,
-                include_appearance, include_framing, include_background, caption=None) -> io.NodeOutput:
+                include_appearance, include_framing, include_background, caption=None,
+                character=None) -> io.NodeOutput:
         from ..continuity.dataset import captions as cp  # noqa: PLC0415
+        char = _character(character)
+        if char is not None:   # the character's trigger word / class phrase replace the widgets
+            trigger = char.trigger_word.strip() or trigger
+            class_word = char.class_phrase.strip() or class_word
         if framing == "unknown":
             framing = ""
         if caption:
@@ -499,6 +543,11 @@ class SaveDatasetVersion(io.ComfyNode):
                 io.Mask.Input("masks", optional=True, tooltip="One mask per image (e.g. inpaint masks), saved under masks/."),
                 io.String.Input("scores", optional=True, force_input=True,
                                 tooltip="Scores as JSON text: a list with one object per image, or one object for all."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, its name replaces name "
+                                        "(the versions go to output/continuity/datasets/<character>/vN) and the "
+                                        "manifest notes the character and its revision. Record the version in the "
+                                        "profile with Record Character Result."),
             ],
             outputs=[
                 Dataset.Output("dataset", display_name="dataset", tooltip="The version written (name, number, path, manifest)."),
@@ -517,9 +566,14 @@ class SaveDatasetVersion(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("images")
-    def execute(cls, images, name, note, captions=None, filenames=None, masks=None, scores=None) -> io.NodeOutput:
+    def execute(cls, images, name, note, captions=None, filenames=None, masks=None, scores=None,
+                character=None) -> io.NodeOutput:
         from ..continuity.dataset import versions as vs  # noqa: PLC0415
-        name = _name_ok(_first(name, ""))
+        char = _character(character)
+        name = _name_ok(char.name if char is not None else _first(name, ""))
+        note = _first(note, "")
+        if char is not None:
+            note = (f"character {char.name} (revision {char.revision})" + (f"; {note}" if note else ""))
         imgs = _common.split_images(images)
         n = len(imgs)
         caps = list(captions or [])
@@ -543,7 +597,7 @@ class SaveDatasetVersion(io.ComfyNode):
             fname = names[i] if names else f"img{i + 1:04d}"
             items.append(vs.Item(filename=fname, rgb=_u8(img), caption=caps[i] if caps else "", mask=m,
                                  source=names[i] if names else "", scores=sc[i]))
-        ver = vs.save_version(_datasets_root(), name, items, note=_first(note, ""))
+        ver = vs.save_version(_datasets_root(), name, items, note=note)
         summary = f"{name} v{ver.number}: {n} images -> {ver.path}"
         return io.NodeOutput(_dataset_value(ver), ver.path, ver.number, ui={"text": [summary]})
 

@@ -14,7 +14,7 @@ from ..continuity.paths import confine, safe_name
 from ..continuity.scoring import calibration, plots, report
 from ..continuity.scoring.similarity import POLICIES, ScoreSet, get_face_detector, score_set
 from . import _common
-from ._types import CATEGORY, FaceModel, Scores
+from ._types import CATEGORY, Character, FaceModel, Scores
 
 MODEL_CHOICES = list(embedders.NAMES) + ["all available"]
 POLICY_TOOLTIP = ("Which face of a candidate to score when there are several: largest; in_mask (the face "
@@ -60,6 +60,37 @@ def _first(v, default=None):
     if isinstance(v, list):
         return v[0] if v else default
     return v if v is not None else default
+
+
+def character_of(character):
+    """The CHARACTER of an optional ``character`` input (a list of one for is_input_list nodes), or None."""
+    from ..continuity.character import as_character
+    return as_character(_first(character))
+
+
+def references_for(char, references, *, node: str = "this node") -> tuple[list[np.ndarray], list[str] | None]:
+    """(reference portraits as uint8 RGB, their names or None): the character's portraits when a CHARACTER is
+    connected (they replace the ``references`` input), else the ``references`` input; an error when neither."""
+    if char is not None:
+        paths = char.reference_images()
+        if paths:
+            return [as_uint8_rgb(a) for a in char.load_reference_images()], [os.path.basename(p) for p in paths]
+        if not references:
+            raise ContinuityError(f"the profile '{char.name}' has no reference portraits; add some with Save "
+                                  "Character or connect references", input="character")
+    refs = to_uint8_list(references) if references is not None else []
+    if not refs:
+        raise ContinuityError(f"{node} needs reference portraits: connect references or a character "
+                              "(Load Character)", input="references")
+    return refs, None
+
+
+def apply_character_thresholds(s: ScoreSet, char) -> None:
+    """Each model's threshold becomes the character's for that model (else its default, else the model's own)."""
+    if char is None:
+        return
+    for name, ms in s.models.items():
+        ms.threshold = float(char.threshold(name, ms.threshold))
 
 
 def describe(s: ScoreSet) -> str:
@@ -124,8 +155,9 @@ class FaceSimilarity(io.ComfyNode):
                 "Each image is detected and embedded once per model (cached by content)."),
             is_input_list=True,
             inputs=[
-                io.Image.Input("references", tooltip="Reference portraits of the character (a batch or a list of any sizes); "
-                                                     "each must show a face."),
+                io.Image.Input("references", optional=True,
+                               tooltip="Reference portraits of the character (a batch or a list of any sizes); each must "
+                                       "show a face. Optional when a character is connected."),
                 io.Image.Input("candidates", tooltip="Images to score (a batch or a list of any sizes)."),
                 io.Combo.Input("model", options=MODEL_CHOICES, default="dlib",
                                tooltip="Identity model: dlib (built in), arcface (insightface ONNX in models/insightface), "
@@ -141,6 +173,10 @@ class FaceSimilarity(io.ComfyNode):
                                 tooltip="Optional names of the references, used in error messages."),
                 FaceModel.Input("face_model", optional=True,
                                 tooltip="Optional face-analysis backend whose detector finds the faces (default: dlib)."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, its reference portraits "
+                                        "replace references and its threshold per model (else its default threshold) "
+                                        "replaces the model's own in the verdicts."),
             ],
             outputs=[
                 Scores.Output("scores", tooltip="All scores of this set (for Select By Similarity and Consistency Report)."),
@@ -151,10 +187,14 @@ class FaceSimilarity(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("candidates")
-    def execute(cls, references, candidates, model, face_policy, set_name, candidate_masks=None,
-                filenames=None, reference_names=None, face_model=None) -> io.NodeOutput:
+    def execute(cls, candidates, model, face_policy, set_name, references=None, candidate_masks=None,
+                filenames=None, reference_names=None, face_model=None, character=None) -> io.NodeOutput:
         model, policy, name = _first(model), _first(face_policy), _first(set_name, "set")
-        refs, cands = to_uint8_list(references), to_uint8_list(candidates)
+        char = character_of(character)
+        refs, char_ref_names = references_for(char, references, node="Face Similarity")
+        if char_ref_names is not None:
+            reference_names = char_ref_names
+        cands = to_uint8_list(candidates)
         masks = [m.detach().cpu().numpy() for m in _common.split_masks(candidate_masks)] if candidate_masks else None
         if policy == "in_mask" and not masks:
             raise ContinuityError("face_policy in_mask needs candidate_masks", input="candidate_masks")
@@ -184,6 +224,7 @@ class FaceSimilarity(io.ComfyNode):
                       reference_names=list(reference_names) if reference_names else None, detector=detector,
                       progress=progress)
         s.unavailable = skipped
+        apply_character_thresholds(s, char)
         missing = sum(1 for c in next(iter(s.models.values())).candidates if not c.found)
         text = describe(s)
         return io.NodeOutput(s, text, missing, ui={"text": [text], "continuity_table": [candidate_table(s)]})
@@ -256,6 +297,11 @@ class SelectBySimilarity(io.ComfyNode):
                 io.String.Input("model", default="", tooltip="Which model's scores to use; empty: the first."),
                 io.String.Input("filenames", optional=True, force_input=True,
                                 tooltip="Names of the images; default: the names kept in the scores."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, its threshold for the "
+                                        "model (else its default threshold, else the model's own) replaces "
+                                        "use_model_threshold and threshold (for calibrated: that threshold on the "
+                                        "calibrated scale)."),
             ],
             outputs=[
                 io.Image.Output("passed", is_output_list=True, tooltip="Images at or above the threshold."),
@@ -270,14 +316,25 @@ class SelectBySimilarity(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("scores")
-    def execute(cls, images, scores, metric, use_model_threshold, threshold, model, filenames=None) -> io.NodeOutput:
+    def execute(cls, images, scores, metric, use_model_threshold, threshold, model, filenames=None,
+                character=None) -> io.NodeOutput:
         s = _first(scores)
         if not isinstance(s, ScoreSet):
             raise ContinuityError("expected the scores output of Face Similarity", input="scores")
         metric, model = _first(metric), _first(model, "")
+        char = character_of(character)
         imgs = _common.split_images(images)
         key, vals, model_thr = _metric_values(s, model, metric)
         thr = model_thr if _first(use_model_threshold) else float(_first(threshold))
+        source = ""
+        if char is not None:   # the character's threshold replaces use_model_threshold / threshold
+            ms = s.models[key]
+            t = char.threshold(key, ms.threshold)
+            thr = float(t) if metric != "calibrated" else ms.calibrated(float(t))
+            if thr is None:
+                raise ContinuityError("calibrated needs the references to be closer to each other than the "
+                                      "character's threshold", input="character")
+            source = f" (threshold of character '{char.name}')"
         if len(imgs) != len(vals):
             raise ContinuityError(f"{len(imgs)} images but the scores are for {len(vals)}", input="images")
         names = list(filenames) if filenames else (s.filenames or [f"#{i}" for i in range(len(imgs))])
@@ -285,7 +342,7 @@ class SelectBySimilarity(io.ComfyNode):
             raise ContinuityError(f"{len(names)} file names for {len(imgs)} images", input="filenames")
         p_i = [i for i, v in enumerate(vals) if v is not None and v >= thr]
         f_i = [i for i in range(len(vals)) if i not in set(p_i)]
-        text = (f"{key} {metric} >= {thr:.4f}: {len(p_i)} passed, {len(f_i)} failed "
+        text = (f"{key} {metric} >= {thr:.4f}{source}: {len(p_i)} passed, {len(f_i)} failed "
                 f"({sum(1 for v in vals if v is None)} without a face)\n"
                 + "\n".join(f"  {names[i]}: {'-' if vals[i] is None else f'{vals[i]:.4f}'} "
                             f"{'pass' if i in p_i else 'fail'}" for i in range(len(vals))))

@@ -11,8 +11,8 @@ from ..continuity.faces import embedders
 from ..continuity.scoring import plots
 from ..continuity.scoring.similarity import POLICIES, get_face_detector
 from . import _common
-from ._types import CATEGORY, FaceModel, Scores
-from .scoring import POLICY_TOOLTIP, _device, _interrupt, to_uint8_list
+from ._types import CATEGORY, Character, FaceModel, Scores
+from .scoring import POLICY_TOOLTIP, _device, _interrupt, apply_character_thresholds, character_of, references_for, to_uint8_list
 
 
 class IdentityOverFrames(io.ComfyNode):
@@ -28,11 +28,16 @@ class IdentityOverFrames(io.ComfyNode):
                 "Frames without a face are flagged and left out of the mean, never given a number."),
             inputs=[
                 io.Image.Input("frames", tooltip="The video frames as an IMAGE batch (e.g. from Load Video / VAE Decode)."),
-                io.Image.Input("references", tooltip="Reference portraits (a batch)."),
+                io.Image.Input("references", optional=True,
+                               tooltip="Reference portraits (a batch). Optional when a character is connected."),
                 io.Combo.Input("model", options=list(embedders.NAMES), default="dlib",
                                tooltip="Identity model (see Identity Models for what is installed)."),
                 io.Combo.Input("face_policy", options=list(POLICIES), default="largest", tooltip=POLICY_TOOLTIP),
                 FaceModel.Input("face_model", optional=True, tooltip="Optional face-analysis backend (default: dlib)."),
+                Character.Input("character", optional=True,
+                                tooltip="A character profile (Load Character). When connected, its reference portraits "
+                                        "replace references and its threshold for the model (else its default) "
+                                        "replaces the model's own in the plot and the scores."),
             ],
             outputs=[
                 io.Float.Output("id_consistency_loss", tooltip="1 - mean cosine similarity over the frames with a face."),
@@ -46,8 +51,10 @@ class IdentityOverFrames(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("frames")
-    def execute(cls, frames, references, model, face_policy, face_model=None) -> io.NodeOutput:
-        fr, refs = to_uint8_list(frames), to_uint8_list(references)
+    def execute(cls, frames, model, face_policy, references=None, face_model=None, character=None) -> io.NodeOutput:
+        char = character_of(character)
+        refs, ref_names = references_for(char, references, node="Identity Over Frames")
+        fr = to_uint8_list(frames)
         emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_device())
         detector = face_model.detector if face_model is not None and hasattr(face_model, "detector") else get_face_detector("dlib")
         import comfy.utils
@@ -57,7 +64,11 @@ class IdentityOverFrames(io.ComfyNode):
             _interrupt()
             pbar.update_absolute(i)
 
-        res = video.identity_over_frames(fr, refs, emb, policy=face_policy, detector=detector, progress=progress)
+        res = video.identity_over_frames(fr, refs, emb, policy=face_policy, detector=detector, progress=progress,
+                                         reference_names=ref_names)
+        if char is not None:
+            apply_character_thresholds(res.scores, char)
+            res.threshold = res.scores.models[res.model].threshold
         if res.n_scored == 0:
             raise ContinuityError(f"no face was found in any of the {len(fr)} frames", input="frames")
         plot = plots.time_plot({f"{model} similarity": res.per_frame}, threshold=res.threshold,

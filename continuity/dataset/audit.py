@@ -154,8 +154,12 @@ class AuditResult:
 
 def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=None, embedder=None,
           person_mask_fn=None, options: AuditOptions | None = None, threshold: float | None = None,
-          workers: int = 2, progress=None) -> AuditResult:
-    """Audit a set of images (uint8 or float RGB arrays)."""
+          workers: int = 2, progress=None, reference: np.ndarray | None = None) -> AuditResult:
+    """Audit a set of images (uint8 or float RGB arrays).
+
+    Identity outliers are judged against ``reference`` (e.g. a character's mean embedding, same model as
+    ``embedder``) when given, else against the leave-one-out mean of the set.
+    """
     opt = options or AuditOptions()
     names = list(names or [])
     names += [f"image_{i + 1}" for i in range(len(names), len(images))]
@@ -212,7 +216,18 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
     # identity: leave-one-out mean
     embs = [(i, a.embedding) for i, a in enumerate(analyses) if a.embedding is not None]
     thr = threshold if threshold is not None else getattr(embedder, "threshold", None)
-    if len(embs) >= 2:
+    if reference is not None and embs:
+        ref = np.asarray(reference, np.float32).reshape(-1)
+        ref = ref / max(float(np.linalg.norm(ref)), 1e-9)
+        for i, e in embs:
+            if e.shape[-1] != ref.shape[0]:
+                raise ValueError(f"the reference embedding has {ref.shape[0]} dimensions, the images' {e.shape[-1]}")
+            sim = float(e @ ref / max(float(np.linalg.norm(e)), 1e-9))
+            rows[i].identity = round(sim, 4)
+            if thr is not None and sim < thr:
+                rows[i].identity_outlier = True
+                rows[i].issues.append(f"identity outlier ({sim:.3f} < {thr:.3f} to the references)")
+    elif len(embs) >= 2:
         mat = np.stack([e for _, e in embs])
         mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
         total = mat.sum(axis=0)
@@ -245,6 +260,7 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
         "duplicates": sum(bool(r.duplicate_of) for r in rows),
         "identity_outliers": sum(r.identity_outlier for r in rows),
         "identity_threshold": thr,
+        "identity_against": "references" if reference is not None else "set",
         "scales": {s: sum(r.scale == s for r in rows) for s in ("close", "medium", "long")},
     }
     if n < opt.min_count:
