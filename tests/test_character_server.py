@@ -34,8 +34,8 @@ def _text(entry, node):
 
 
 def test_profile_made_loaded_updated_versioned_live(server):
-    _refs(server, "live_refs", 2, 0)
-    entry = server.run({"1": _load_folder("live_refs"),
+    _refs(server, "char_live_refs", 2, 0)
+    entry = server.run({"1": _load_folder("char_live_refs"),
                         "2": _save("sam", references=["1", 0], trigger_word="s4m", class_phrase="man", threshold=0.6)})
     assert "sam (revision 1, realistic)" in _text(entry, "2")
     folder = server.base / "output" / "continuity" / "characters" / "sam"
@@ -46,9 +46,9 @@ def test_profile_made_loaded_updated_versioned_live(server):
     assert "sam" in json.dumps(info["input"]["required"]["name"])
 
     # load -> update through the CHARACTER (name empty) with one more reference
-    _refs(server, "live_refs2", 1, 9)
+    _refs(server, "char_live_refs2", 1, 9)
     entry = server.run({"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "sam", "revision": 0}},
-                        "2": _load_folder("live_refs2"),
+                        "2": _load_folder("char_live_refs2"),
                         "3": _save("", character=["1", 0], references=["2", 0], class_phrase="old man")})
     text = _text(entry, "3")
     assert "revision 2" in text and "class: old man" in text and "references: 3" in text and "trigger: s4m" in text

@@ -55,7 +55,8 @@ def test_runner_reports_refusals_clearly(server, tmp_path):
     wf.write_text(json.dumps(WORKFLOW))
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        rc = runner.main([str(wf), "--server", server.url, "--set", "Dataset folder.folder=../../etc", "--quiet"])
+        rc = runner.main([str(wf), "--server", server.url, "--set", "Dataset folder.folder=../../etc", "--quiet",
+                          "--out", str(tmp_path / "out")])
     assert rc == 1 and "refused" in err.getvalue() and "folder" in err.getvalue()
     with pytest.raises(runner.RunnerError, match="no input 'nope'"):
         runner.set_input(json.loads(json.dumps(WORKFLOW)), "Sampler", "nope", 1)

@@ -28,11 +28,11 @@ def _folder(folder):
 
 
 def test_report_graph_through_live_server(server, faces_dir, artifacts_dir):
-    _put(server.base, "live_refs", faces_dir, ["img1.jpg", "img2.jpg", "img4.jpg"])
-    _put(server.base, "live_same", faces_dir, ["img5.jpg", "img10.jpg"])
-    _put(server.base, "live_other", faces_dir, ["img13.jpg", "img16.jpg"])
+    _put(server.base, "score_live_refs", faces_dir, ["img1.jpg", "img2.jpg", "img4.jpg"])
+    _put(server.base, "score_live_same", faces_dir, ["img5.jpg", "img10.jpg"])
+    _put(server.base, "score_live_other", faces_dir, ["img13.jpg", "img16.jpg"])
     prompt = {
-        "1": _folder("live_refs"), "2": _folder("live_same"), "3": _folder("live_other"),
+        "1": _folder("score_live_refs"), "2": _folder("score_live_same"), "3": _folder("score_live_other"),
         "4": {"class_type": "ContinuityFaceSimilarity",
               "inputs": {"references": ["1", 0], "candidates": ["2", 0], "model": "dlib", "face_policy": "largest",
                          "set_name": "same", "filenames": ["2", 2]}},
