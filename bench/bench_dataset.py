@@ -25,8 +25,7 @@ from continuity.faces import embedders  # noqa: E402
 
 
 def faces_dir():
-    for p in (os.path.join(REPO, "..", "shared", "data", "faces"), os.path.join(REPO, "assets", "faces"),
-              os.path.join(REPO, "examples", "faces")):
+    for p in (os.path.join(REPO, "..", "shared", "data", "faces"), os.path.join(REPO, "assets", "faces")):
         if os.path.isdir(p):
             return p
     raise SystemExit("no face photos found")

@@ -23,9 +23,9 @@ def main():
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     t = time.perf_counter()
-    # real photos (examples/faces, upscaled to the size) as float32 arrays, the way IMAGE tensors arrive
+    # real photos (assets/faces, upscaled to the size) as float32 arrays, the way IMAGE tensors arrive
     from PIL import Image
-    faces = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "faces")
+    faces = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "faces")
     photos = [np.asarray(Image.open(os.path.join(faces, f"img{k}.jpg")).convert("RGB").resize((a.size, a.size)),
                          dtype=np.float32) / 255.0 for k in range(1, 26)]
     images = [photos[i % len(photos)] for i in range(a.images)]
