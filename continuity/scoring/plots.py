@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import textwrap
 import threading
 
 import numpy as np
@@ -40,12 +41,13 @@ def _bars(ax, plt, summary, sets, models, key, err_key, with_lines):
         c = colors[k % len(colors)]
         bars = ax.bar(pos, np.nan_to_num(vals, nan=0.0), width * 0.9, yerr=errs if err_key else None, capsize=3,
                       label=m, color=c)
-        for b, v in zip(bars, vals):
+        for b, v, e in zip(bars, vals, errs):
             cx = b.get_x() + b.get_width() / 2
             if np.isnan(v):
                 ax.text(cx, 0.02, "n/a", ha="center", va="bottom", fontsize=7)
             else:
-                ax.text(cx, v + 0.01 if v >= 0 else v - 0.01, f"{v:.3f}" if key == "mean" else f"{v:+.2f}",
+                e = float(e or 0.0)   # the label sits beyond the error bar, not on it
+                ax.text(cx, v + e + 0.01 if v >= 0 else v - e - 0.01, f"{v:.3f}" if key == "mean" else f"{v:+.2f}",
                         ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
         any_row = next(iter(rows.values()), None)
         if with_lines and any_row is not None:
@@ -53,11 +55,17 @@ def _bars(ax, plt, summary, sets, models, key, err_key, with_lines):
             base = any_row.get("reference_baseline")
             if base is not None:
                 ax.hlines(base, x.min() - 0.4, x.max() + 0.4, colors=c, linestyles="dotted", linewidth=1)
+    # set names wrapped to the width each bar group has (about 15 characters per inch at 8 pt),
+    # so that long names never run into their neighbours
+    fig = ax.get_figure()
+    inches = ax.get_position().width * fig.get_figwidth() / max(1, len(sets))
+    width_chars = max(6, int(inches * 15))
     labels = []
     for s in sets:
         miss = sum(r["faces_missing"] for r in summary if r["set"] == s and r["model"] == models[0])
         n = next((r["count"] for r in summary if r["set"] == s), 0)
-        labels.append(f"{s}\n(n={n}" + (f", {miss} no face)" if miss else ")"))
+        name = "\n".join(textwrap.wrap(str(s), width_chars, break_long_words=True) or [""])
+        labels.append(f"{name}\n(n={n}" + (f", {miss} no face)" if miss else ")"))
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
 
