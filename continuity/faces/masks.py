@@ -482,8 +482,12 @@ class MaskResult:
 
 def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, which: str = "largest",
                  index: int = 0, grow: float = 0.0, grow_unit: str = "px", feather: float = 0.0,
-                 fill_holes: bool = True, parser=None, image_index: int = 0) -> MaskResult:
-    """:func:`face_region_mask` with everything it found (faces, chosen faces, unavailable regions)."""
+                 fill_holes: bool = True, parser=None, image_index: int = 0,
+                 chosen: list[Face] | None = None) -> MaskResult:
+    """:func:`face_region_mask` with everything it found (faces, chosen faces, unavailable regions).
+
+    ``chosen``: the faces to mask, picked by the caller (e.g. the character's face by identity);
+    it replaces ``which`` and ``index``. An empty list gives an empty mask."""
     rgb = as_uint8_rgb(rgb)
     h, w = rgb.shape[:2]
     regions = normalise_regions(regions)
@@ -499,7 +503,7 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
         parser = parser or faces_or_analyzer.parser
     unavailable = tuple(r for r in regions if r not in parser.regions)
     wanted = tuple(r for r in regions if r in parser.regions)
-    chosen = select_faces(faces, which, index)
+    chosen = select_faces(faces, which, index) if chosen is None else list(chosen)
     total = np.zeros((h, w), np.uint8)
     per_region: dict[str, np.ndarray] = {}
     person = None
