@@ -15,6 +15,7 @@ from ..continuity.errors import ContinuityError
 from ..continuity.faces import masks as cmasks
 from ..continuity.faces.draw import FaceBatch, draw_faces, overlay
 from . import _common
+from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Faces
 
 # Pro-backend weights live in ComfyUI model folders (models/facexlib, models/insightface).
@@ -134,14 +135,15 @@ class FaceRegionMask(io.ComfyNode):
             category=f"{CATEGORY}/faces",
             description=("A mask of the chosen face's regions (skin, brows, eyes, nose, mouth, ears, hair, beard, neck, "
                          "glasses, hat) for every image of a batch, aligned with the batch. Regions the parser cannot "
-                         "give are listed in 'info'. An image without a face gets an empty mask (or an error, if "
-                         "asked)."),
+                         "give are listed in 'info'. With which = character and a character connected, the face is "
+                         "the one most like the character (its similarity is in 'info'). An image without a face "
+                         "(or without the character's) gets an empty mask (or an error, if asked)."),
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Load Face Model."),
                 io.Image.Input("images", tooltip="A batch of images (RGB, RGBA or grey)."),
-                io.Combo.Input("which", options=list(cmasks.WHICH), default="largest",
+                io.Combo.Input("which", options=[*cmasks.WHICH, CHARACTER_CHOICE], default="largest",
                                tooltip="Which face: the largest, the most confident, the one at 'index' (0 = largest), "
-                                       "or all of them."),
+                                       "all of them, or " + WHICH_TIP),
                 io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index (0 = largest)."),
                 *regions,
                 io.Float.Input("grow", default=0.0, min=-4096.0, max=4096.0, step=0.5,
@@ -155,26 +157,32 @@ class FaceRegionMask(io.ComfyNode):
                 io.Int.Input("min_size", default=32, min=0, max=4096,
                              tooltip="Ignore faces whose box is smaller than this many pixels."),
                 io.Combo.Input("if_no_face", options=["empty mask", "error"], default="empty mask",
-                               tooltip="What an image without a face gives: an all-zero mask, or an error."),
+                               tooltip="What an image without a face (with which = character: without a face that "
+                                       "reaches the character's threshold) gives: an all-zero mask, or an error."),
                 Faces.Input("faces", optional=True,
                             tooltip="Faces already found by Detect Faces on these images (skips detection)."),
+                character_input("A character profile (Load Character), used when which is 'character': the face "
+                                "most similar to it is masked, with the face model's identity embedder."),
             ],
             outputs=[
                 io.Mask.Output("mask", display_name="mask", tooltip="One mask per image, same size and order."),
                 io.Image.Output("preview", display_name="preview", tooltip="The images with the mask overlaid."),
                 io.Int.Output("count", display_name="count", tooltip="Number of faces found in the whole batch."),
                 io.String.Output("info", display_name="info",
-                                 tooltip="Faces per image, and the regions the parser could not give."),
+                                 tooltip="Faces per image, the character's face and its similarity (which = "
+                                         "character), and the regions the parser could not give."),
             ],
         )
 
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, face_model, images, which, index, grow, grow_unit, feather, fill_holes, min_size, if_no_face,
-                faces=None, **switches) -> io.NodeOutput:
+                faces=None, character=None, **switches) -> io.NodeOutput:
         regions = [r for r in cf.REGIONS if switches.get(r)]
         if not regions:
             raise ContinuityError("no region is switched on", input="skin")
+        chooser = CharacterChooser(face_model, character, which)
+        notes = [n for n in (chooser.note(), chooser.identity_line()) if n]
         rgbs = _rgb_list(images)
         if faces is not None and len(faces.faces) != len(rgbs):
             raise ContinuityError(f"the faces come from {len(faces.faces)} image(s) but {len(rgbs)} image(s) were given",
@@ -192,9 +200,16 @@ class FaceRegionMask(io.ComfyNode):
             found = [f for f in found if max(f.width, f.height) >= min_size]
             if not found and if_no_face == "error":
                 raise ContinuityError(f"no face found in image {i} of the batch", input="images")
-            res = cmasks.region_masks(rgb, found, regions=regions, which=which, index=index, grow=grow,
-                                      grow_unit=grow_unit, feather=feather, fill_holes=fill_holes,
-                                      parser=face_model.parser, image_index=i)
+            chosen = None
+            if chooser.active:
+                match = chooser.match(rgb, found, i)
+                notes.append(match.describe(i))
+                if found and match.chosen is None and if_no_face == "error":
+                    raise ContinuityError(match.describe(i), input="character")
+                chosen = [match.chosen] if match.chosen is not None else []
+            res = cmasks.region_masks(rgb, found, regions=regions, which="all" if chooser.active else which,
+                                      index=index, grow=grow, grow_unit=grow_unit, feather=feather,
+                                      fill_holes=fill_holes, parser=face_model.parser, image_index=i, chosen=chosen)
             unavailable = res.unavailable
             masks.append(torch.from_numpy(res.mask.astype(np.float32)))
             previews.append(torch.from_numpy(overlay(rgb, res.mask, faces=res.chosen).astype(np.float32) / 255.0))
@@ -204,6 +219,8 @@ class FaceRegionMask(io.ComfyNode):
         if unavailable:
             info += (f"; the '{face_model.parser.name}' parser cannot give: {', '.join(unavailable)} "
                      "(use the bisenet parser for glasses and hat)")
+        if notes:
+            info += "\n" + "\n".join(notes)
         preview = _stack(previews)
         # the mask overlay on the node itself, with which faces were found
         shown = ui.PreviewImage(preview, cls=cls).as_dict()

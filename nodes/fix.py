@@ -14,8 +14,10 @@ import comfy.model_management
 import comfy.samplers
 
 from ..continuity import geometry
+from ..continuity.character.prompting import with_character
 from ..continuity.errors import ContinuityError
 from . import _common
+from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Stitch
 
 AREA = f"{CATEGORY}/face fix"
@@ -270,10 +272,11 @@ class PasteBack(io.ComfyNode):
 def face_fix(face_model, images, model, positive, negative, vae, *, which="all", index=0,
              regions="face, ears, hair, beard", grow=5.0, min_face=24, context=1.5, min_size=128, target_size=1024,
              padding="edge", seed=0, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal", denoise_1=0.75,
-             denoise_2=0.40, feather=4.5, colour_match=False, model_2=None):
+             denoise_2=0.40, feather=4.5, colour_match=False, model_2=None, choose=None):
     """Every chosen face of every image: region mask, crop, two passes, paste back (face k of the
     whole batch uses seed + k). Faces are found once, on the input image; each fixed face is
-    pasted into the running result before the next one is cropped. Returns (images, masks, count)."""
+    pasted into the running result before the next one is cropped. ``choose(rgb, faces, i)``, when
+    given, picks the faces instead of ``which`` / ``index``. Returns (images, masks, count)."""
     from ..continuity import faces as cf
     from ..continuity.faces import masks as cmasks
 
@@ -288,7 +291,10 @@ def face_fix(face_model, images, model, positive, negative, vae, *, which="all",
         current = frame.detach().cpu().float()[None]            # (1, H, W, C)
         rgb = cf.as_uint8_rgb(current[0].numpy())
         found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
-        chosen = cmasks.select_faces(found, which, index) if found else []
+        if choose is not None:
+            chosen = choose(rgb, found, i)
+        else:
+            chosen = cmasks.select_faces(found, which, index) if found else []
         ordered = sorted(found, key=lambda f: f.area, reverse=True)
         union = np.zeros(rgb.shape[:2], np.float32)
         for face in chosen:
@@ -324,15 +330,29 @@ class FaceFix(io.ComfyNode):
                 "The common case in one node: for every chosen face of every image, the face-region mask, a "
                 "square crop upscaled to target_size with Lanczos, a masked inpaint pass, an unmasked low-denoise "
                 "pass, and the paste back into the frame (feathered inside the mask; everything outside the mask "
-                "stays bit-exact). Face k of the batch uses seed + k. Images without a face pass through."
+                "stays bit-exact). Face k of the batch uses seed + k. Images without a face pass through. "
+                "With a character connected, its latest LoRA is applied at lora_strength and, when clip is "
+                "connected, the prompt starts with its trigger word and class phrase; which = character fixes "
+                "only the face most like the character (the report gives its similarity)."
             ),
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Load Face Model (Continuity): finds and parses the faces."),
                 io.Image.Input("image", tooltip="The frame(s) to fix; images of different sizes may come as a list."),
-                *_sampling_inputs(),
-                io.Combo.Input("which", options=["all", "largest", "most_confident", "index"], default="all",
-                               tooltip="Which faces of each image: all of them, the largest, the most confident, or "
-                                       "the one at 'index' (0 = largest)."),
+                io.Model.Input("model", tooltip="The model for pass 1 (and pass 2 unless model_2 is given): your "
+                                                "checkpoint with the character LoRA (or connect a character: its "
+                                                "latest LoRA is applied here). Inpaint models (9 input channels) "
+                                                "get ComfyUI's inpaint conditioning."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Positive conditioning (the character's prompt). Leave it unconnected "
+                                              "and connect clip to have the node encode 'prompt' instead (with a "
+                                              "character: its trigger word and class phrase first)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+                io.Vae.Input("vae", tooltip="The VAE that encodes the crop and decodes the result."),
+                io.Combo.Input("which", options=["all", "largest", "most_confident", "index", CHARACTER_CHOICE],
+                               default="all",
+                               tooltip="Which faces of each image: all of them, the largest, the most confident, "
+                                       "the one at 'index' (0 = largest), or " + WHICH_TIP + " Images without it "
+                                       "pass through unchanged."),
                 io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index."),
                 io.String.Input("regions", default="face, ears, hair, beard",
                                 tooltip="Regions to repaint, comma-separated: face (= skin, brows, eyes, nose, mouth), "
@@ -345,12 +365,29 @@ class FaceFix(io.ComfyNode):
                 *_sampler_settings(),
                 *_paste_inputs(),
                 _model_2_input(),
+                character_input("A character profile (Load Character): its latest LoRA is applied (lora_strength), "
+                                "its trigger word and class phrase start the prompt (with clip), and which = "
+                                "character fixes only its face (chosen by identity, at its threshold)."),
+                io.Float.Input("lora_strength", default=0.8, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="Strength of the character's latest LoRA (from ComfyUI's loras folder) on the "
+                                       "model, model_2 and clip; 0: none. Used only with a character."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The checkpoint's CLIP. When connected, the positive conditioning is encoded "
+                                      "here from 'prompt' (with the character's LoRA applied to the CLIP too); "
+                                      "leave positive unconnected then."),
+                io.String.Input("prompt", default="", multiline=True, optional=True,
+                                tooltip="Positive prompt text, encoded with clip. With a character, its trigger word "
+                                        "and class phrase are put first unless the text already contains the "
+                                        "trigger word."),
             ],
             outputs=[
                 io.Image.Output("fixed", display_name="image", is_output_list=False,
                                 tooltip="The frames with their faces fixed, same sizes as the input."),
                 io.Mask.Output("face_mask", display_name="mask", tooltip="The union of the face masks used, per image."),
                 io.Int.Output("count", display_name="count", tooltip="Number of faces fixed."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="What was done: the character, LoRA and prompt used, and per image the "
+                                         "faces fixed (with which = character: the face chosen and its similarity)."),
             ],
         )
 
@@ -368,21 +405,75 @@ class FaceFix(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("image")
-    def execute(cls, face_model, image, model, positive, negative, vae, which, index, regions, grow, min_face,
+    def execute(cls, face_model, image, model, negative, vae, which, index, regions, grow, min_face,
                 context, min_size, target_size, padding, seed, steps, cfg, sampler_name, scheduler, denoise_1,
-                denoise_2, feather, colour_match, model_2=None) -> io.NodeOutput:
+                denoise_2, feather, colour_match, positive=None, model_2=None, character=None, lora_strength=0.8,
+                clip=None, prompt="") -> io.NodeOutput:
+        from ..continuity.faces import masks as cmasks
         if not hasattr(face_model, "detect") or not hasattr(face_model, "parser"):
             raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
+        chooser = CharacterChooser(face_model, character, which)
+        char = chooser.char
+        lines = []
+        model, model_2, positive = _character_conditioning(char, model, model_2, positive, clip, prompt or "",
+                                                           float(lora_strength), lines)
+        lines += [n for n in (chooser.note(), chooser.identity_line()) if n]
+        per_image: list[str] = []
+
+        def choose(rgb, found, i):
+            if not chooser.active:
+                chosen = cmasks.select_faces(found, which, index) if found else []
+                per_image.append(f"image {i}: {len(found)} face(s), {len(chosen)} chosen ({which})")
+                return chosen
+            match = chooser.match(rgb, found, i)
+            per_image.append(match.describe(i) + ("" if match.chosen is not None else "; passed through unchanged"))
+            return [match.chosen] if match.chosen is not None else []
+
         results, masks, count = face_fix(
             face_model, image, model, positive, negative, vae, which=which, index=index, regions=regions, grow=grow,
             min_face=min_face, context=context, min_size=min_size, target_size=target_size, padding=padding,
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise_1=denoise_1,
-            denoise_2=denoise_2, feather=feather, colour_match=colour_match, model_2=model_2)
+            denoise_2=denoise_2, feather=feather, colour_match=colour_match, model_2=model_2, choose=choose)
+        report = "\n".join(lines + per_image + [f"faces fixed: {count}"])
         sizes = {tuple(r.shape[1:]) for r in results}
         if len(sizes) == 1:
-            return io.NodeOutput(torch.cat(results), torch.cat(masks), count)
+            return io.NodeOutput(torch.cat(results), torch.cat(masks), count, report,
+                                 ui={"continuity_text": [report]})
         # images of different sizes cannot share a batch: give the first (ComfyUI runs lists per item)
         raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+
+
+def _character_conditioning(char, model, model_2, positive, clip, prompt: str, strength: float, lines: list[str]):
+    """The models with the character's LoRA and the positive conditioning (encoded here from ``prompt``
+    when ``clip`` is connected, the character's words first). Notes what was done in ``lines``."""
+    if clip is not None and positive is not None:
+        raise ContinuityError("connect either positive (conditioning made elsewhere) or clip (the prompt text is "
+                              "then encoded here), not both", input="positive")
+    if clip is None and positive is None:
+        raise ContinuityError("connect positive conditioning, or clip to have the node encode 'prompt'",
+                              input="positive")
+    if clip is None and prompt.strip():
+        raise ContinuityError("the prompt text needs clip to be encoded: connect clip and leave positive "
+                              "unconnected (or empty the prompt)", input="clip")
+    if char is not None:
+        from .character import _apply_character_lora  # noqa: PLC0415  (shared with Grow Character Layer)
+        with_lora, clip, note = _apply_character_lora(char, model, clip, strength)
+        if model_2 is not None and with_lora is not model:      # the LoRA was applied: pass 2 gets it too
+            model_2, _, _ = _apply_character_lora(char, model_2, None, strength)
+            note += " (on model_2 too)"
+        model = with_lora
+        lines.append(f"character '{char.name}' (revision {char.revision}): {note}")
+    if clip is not None:
+        text, added = (with_character(char, prompt) if char is not None else (prompt.strip(), False))
+        import nodes as comfy_nodes  # ComfyUI's CLIPTextEncode
+        positive = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+        how = ("the character's trigger word and class phrase put first" if added else
+               "as written" if char is None else "as written: it names the character already")
+        lines.append(f"prompt: \"{text}\" ({how})")
+    elif char is not None:
+        lines.append("positive: the connected conditioning, as given (connect clip and write the prompt here to "
+                     "have the character's trigger word added)")
+    return model, model_2, positive
 
 
 NODES = [CropForInpaint, TwoPassInpaint, PasteBack, FaceFix]

@@ -1,0 +1,56 @@
+"""The character's face in the face nodes (``which = "character"``): the node side of
+``continuity.character.identity`` (shared by Face Region Mask and Face Fix)."""
+from __future__ import annotations
+
+from ..continuity.character import as_character
+from ..continuity.character.identity import FaceMatch, choose_character_face
+from ..continuity.errors import ContinuityError
+from ._types import Character
+
+CHARACTER_CHOICE = "character"
+WHICH_TIP = ("character: the face most like the connected character (its stored mean identity embedding for the "
+             "face model's embedder, else its reference portraits); none when the best is below the "
+             "character's threshold.")
+
+
+def first(value, default=None):
+    """Unwrap a value given to a node with ``is_input_list`` (a list of one item)."""
+    if isinstance(value, list):
+        return value[0] if value else default
+    return value
+
+
+def character_input(tooltip: str):
+    return Character.Input("character", optional=True, tooltip=tooltip)
+
+
+class CharacterChooser:
+    """Picks the character's face in each image when ``which`` is "character"."""
+
+    def __init__(self, face_model, character, which: str):
+        self.char = as_character(first(character))
+        self.which = which
+        self.active = which == CHARACTER_CHOICE
+        self.det = self.emb = None
+        if self.active:
+            if self.char is None:
+                raise ContinuityError("which is 'character' but no character is connected: connect Load Character "
+                                      "(or choose another face)", input="character")
+            from .character import face_backend  # noqa: PLC0415  (FACE_MODEL duck-typing, shared)
+            self.det, self.emb, _ = face_backend(face_model)
+
+    def note(self) -> str | None:
+        """A line for the report when a character is connected but faces are not chosen by identity."""
+        if self.char is not None and not self.active:
+            return (f"character '{self.char.name}' is connected but which is '{self.which}': the faces are chosen "
+                    f"by '{self.which}', not by identity (set which to 'character' for that)")
+        return None
+
+    def identity_line(self) -> str | None:
+        if not self.active:
+            return None
+        from ..continuity.character.identity import character_identity  # noqa: PLC0415
+        return character_identity(self.char, self.emb, detector=self.det).describe()
+
+    def match(self, rgb, faces, image_index: int) -> FaceMatch:
+        return choose_character_face(rgb, faces, self.char, self.emb, detector=self.det)
