@@ -132,7 +132,7 @@ def test_match_picks_the_most_similar_face_and_respects_the_threshold():
     assert m.faces[0] is far and m.chosen is near and m.passed and m.best == 1
     assert m.best_similarity == pytest.approx(1.0)
     text = m.describe(0)
-    assert "image 0: character 'ana' is face 1 of 2" in text and "similarity 1.000 >= threshold 0.900" in text
+    assert "image 0: character 'ana' is face #1 of 2 (0 = largest, box 0,0-2,2)" in text and "similarity 1.000 >= threshold 0.900" in text
     strict = ci.CharacterIdentity("ana", 2, "fake", np.array([0, 0, 1], np.float32), 0.99, "test")
     m = ci.match_faces(rgb, [near, far], strict, emb)
     assert m.chosen is None and not m.passed and "no face matches character 'ana'" in m.describe(0)

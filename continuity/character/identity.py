@@ -5,7 +5,7 @@ ComfyUI-free; the mask and face-fix nodes only adapt it (``which = "character"``
     from continuity.character.identity import choose_character_face
     match = choose_character_face(rgb, faces, char, embedder, detector=detector)
     match.chosen          # the Face, or None (no face, or the best one is below the threshold)
-    match.describe(i)     # "image 0: character 'ana' is face 1 of 2 (similarity 0.962 >= 0.930, dlib) ..."
+    match.describe(i)     # "image 0: character 'ana' is face #1 of 2 (0 = largest, box ...), similarity 0.962 >= ..."
 
 The character's identity for an embedder (:func:`character_identity`) is the profile's stored mean
 embedding for that model (Save Character with a face model) when it has one of the embedder's size,
@@ -135,7 +135,7 @@ def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: Embeddin
         return np.zeros((0, int(getattr(embedder, "dim", 0) or 0)), np.float32)
     rgb = as_uint8_rgb(rgb)
     h = content_hash(rgb)
-    keys = [("face-emb", h, tuple(round(float(v), 2) for v in f.box), f.landmarks68 is None,
+    keys = [("face-emb", h, tuple(round(float(v), 2) for v in f.box), f.backend, f.landmarks68 is None,
              *_embedder_key(embedder)) for f in faces]
     out: list[np.ndarray | None] = [cache.get(k) for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
@@ -176,13 +176,13 @@ class FaceMatch:
         n = len(self.faces)
         sim = self.similarities[self.best]
         x0, y0, x1, y1 = (int(round(v)) for v in self.faces[self.best].box)
-        box = f"box {x0},{y0}-{x1},{y1}"
+        box = f"0 = largest, box {x0},{y0}-{x1},{y1}"
         others = [f"{s:.3f}" for i, s in enumerate(self.similarities) if i != self.best]
         rest = f"; other face(s): {', '.join(others)}" if others else ""
         if self.passed:
-            return (f"{where}character '{who}' is face {self.best} of {n} ({box}, largest first), "
+            return (f"{where}character '{who}' is face #{self.best} of {n} ({box}), "
                     f"similarity {sim:.3f} >= threshold {thr:.3f} ({model}){rest}")
-        return (f"{where}no face matches character '{who}': the most similar is face {self.best} of {n} ({box}), "
+        return (f"{where}no face matches character '{who}': the most similar is face #{self.best} of {n} ({box}), "
                 f"similarity {sim:.3f} < threshold {thr:.3f} ({model}){rest}")
 
 
