@@ -402,6 +402,58 @@ def _face_box_mask(h: int, w: int, box, grow: float = 0.25) -> np.ndarray:
     return m
 
 
+def fix_faces_and_rescore(char, images: list[np.ndarray], scores: list[float | None], *, det, emb, model, positive,
+                          negative, vae, seeds: list[int], steps: int, cfg: float, sampler_name: str, scheduler: str,
+                          denoise: float, size: int, rule: str = "not_lower") -> list[dict | None]:
+    """Fix the largest face of each image and score it again (shared by Grow Character Layer and the
+    refine step of Character Training Plan).
+
+    The face: a square crop around its box (grown by 25 %, context 1.5, at least 64 px) upscaled to
+    ``size`` with Lanczos, the face fix's two-pass inpaint (pass 1 at ``denoise``, no pass 2), and the
+    Lanczos paste-back. ``positive``: one CONDITIONING for all, or a tuple with one per image. Per
+    image: None when no face is found, else ``{"image", "score", "faces", "kept", "note"}``, where ``kept`` says the fix is to be
+    kept: it does not lower the score (``rule="not_lower"``) or it raises it (``rule="higher"``), and
+    the fixed image still has a face.
+    """
+    import comfy.model_management
+
+    from ..continuity import geometry
+    from ..continuity.faces.base import as_uint8_rgb
+    from . import fix as fixmod  # the face fix's two-pass sampler (issue 4)
+    if rule not in ("not_lower", "higher"):
+        raise ValueError(f"unknown rule {rule}")
+    positives = list(positive) if isinstance(positive, tuple) else [positive] * len(images)
+    idx, fixed_imgs = [], []
+    for j, img in enumerate(images):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        faces = det.detect(as_uint8_rgb(img))
+        if not faces:
+            continue
+        face = max(faces, key=lambda f: f.area)
+        fm = _face_box_mask(img.shape[0], img.shape[1], face.box)
+        crops, cmasks, rec = geometry.crop_for_inpaint(img[None], fm[None], context=1.5, min_size=64, target=size)
+        fixed, _ = fixmod.two_pass_inpaint(model, positives[j], negative, vae, torch.from_numpy(crops[..., :3]),
+                                           torch.from_numpy(cmasks), seeds[j], steps, cfg, sampler_name, scheduler,
+                                           denoise, 0.0)
+        pasted = geometry.paste_back(rec, fixed)
+        idx.append(j)
+        fixed_imgs.append(np.asarray(pasted, np.float32).reshape(img.shape))
+    out: list[dict | None] = [None] * len(images)
+    if not idx:
+        return out
+    for j, img2, (s2, n2) in zip(idx, fixed_imgs, _identity_scores(char, fixed_imgs, det, emb)):
+        s = scores[j]
+        if rule == "higher":
+            kept = s2 is not None and (s is None or s2 > s)
+            why = "discarded (the score did not rise, or the face was lost)"
+        else:
+            kept = s2 is not None and (s is None or s2 >= s)
+            why = "discarded (lower score or face lost)"
+        note = f"fix scored {s2 if s2 is None else round(s2, 4)}; " + ("kept" if kept else why)
+        out[j] = {"image": img2, "score": s2, "faces": n2, "kept": kept, "note": note}
+    return out
+
+
 # ----------------------------------------------------------------------------- Grow Character Layer
 
 class GrowCharacterLayer(io.ComfyNode):
@@ -473,7 +525,6 @@ class GrowCharacterLayer(io.ComfyNode):
         import nodes as comfy_nodes
 
         from ..continuity.character import growth
-        from ..continuity import geometry
 
         g = {k: _first(v) for k, v in dict(
             character=character, model=model, clip=clip, vae=vae, from_layer=from_layer, resolution=resolution,
@@ -543,34 +594,20 @@ class GrowCharacterLayer(io.ComfyNode):
         for c, (s, n) in zip(cands, scores):
             c.identity, c.faces, c.face_found, c.model = s, n, n > 0, getattr(emb, "name", "")
         if g["fix_faces"] and g["fix_denoise"] > 0:
-            fixed_idx, fixed_imgs = [], []
-            for j, (c, img) in enumerate(zip(cands, outs)):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                if not c.face_found:
+            idx = [j for j, c in enumerate(cands) if c.face_found]
+            outcomes = fix_faces_and_rescore(
+                char, [outs[j] for j in idx], [cands[j].identity for j in idx], det=det, emb=emb, model=model_l,
+                positive=pos, negative=neg, vae=g["vae"], seeds=[cands[j].seed for j in idx], steps=g["steps"],
+                cfg=g["cfg"], sampler_name=g["sampler_name"], scheduler=g["scheduler"], denoise=g["fix_denoise"],
+                size=g["fix_size"], rule="not_lower")
+            for j, o in zip(idx, outcomes):
+                if o is None:
                     continue
-                from ..continuity.faces.base import as_uint8_rgb
-                faces = det.detect(as_uint8_rgb(img))
-                if not faces:
-                    continue
-                fm = _face_box_mask(img.shape[0], img.shape[1], faces[0].box)
-                crops, cmasks, rec = geometry.crop_for_inpaint(img[None], fm[None], context=1.5, min_size=64,
-                                                               target=g["fix_size"])
-                fixed, _ = fixmod.two_pass_inpaint(model_l, pos, neg, g["vae"], torch.from_numpy(crops),
-                                                   torch.from_numpy(cmasks), c.seed, g["steps"], g["cfg"],
-                                                   g["sampler_name"], g["scheduler"], g["fix_denoise"], 0.0)
-                pasted = geometry.paste_back(rec, fixed)
-                fixed_idx.append(j)
-                fixed_imgs.append(np.asarray(pasted, np.float32).reshape(img.shape))
-            if fixed_idx:
-                fscores = _identity_scores(char, fixed_imgs, det, emb)
-                for j, img2, (s2, n2) in zip(fixed_idx, fixed_imgs, fscores):
-                    c = cands[j]
-                    c.fixed = s2 is not None and (c.identity is None or s2 >= c.identity)
-                    c.reason = ""
-                    if c.fixed:
-                        outs[j], c.identity, c.faces = img2, s2, n2
-                    setattr(c, "fix_note", f"fix scored {s2 if s2 is None else round(s2, 4)}; "
-                                           + ("kept" if c.fixed else "discarded (lower score or face lost)"))
+                c = cands[j]
+                c.fixed, c.reason = o["kept"], ""
+                if c.fixed:
+                    outs[j], c.identity, c.faces = o["image"], o["score"], o["faces"]
+                setattr(c, "fix_note", o["note"])
         timings["fix_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         need_style = char.style == "animated"
@@ -620,24 +657,57 @@ def confine_dataset(path: str, input: str = "dataset_path") -> str:
 
 # ----------------------------------------------------------------------------- Character Training Plan
 
-def evaluate_lora(char, model, clip, vae, lora_path: str, n: int, side: int, steps: int, face_model=None) -> dict:
-    """The consistency report of one LoRA: ``n`` test images (prompts over the framing ladder, seeds 0..n-1)
-    generated with it and scored against the character's references."""
+TEST_NEGATIVE = "blurry, deformed"
+# The refine step's face fix: Grow Character Layer's default fix_denoise, and a crop the size of the
+# test images (a multiple of 64, 64-1024 px).
+REFINE_FIX_DENOISE = 0.45
+
+
+def _lora_models(model, clip, lora_path: str, strength: float = 1.0):
     import comfy.sd
     import comfy.utils
+    lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+    return comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
+
+
+def generate_test_images(char, model, clip, vae, lora_path: str, n: int, side: int, steps: int,
+                         cache: dict | None = None):
+    """``n`` test images made with a LoRA: prompt i is ``char.prompt(<framing words of layer i mod 5>)``
+    over the framing ladder, seed i, euler / normal, cfg 6, ``side`` x ``side``. Returns (images,
+    prompts, layers, model with the LoRA, clip with the LoRA). ``cache`` (a dict) keeps the images of
+    one run, so the refine step reuses the previous stage's test images instead of sampling them again."""
     import nodes as comfy_nodes
 
     from ..continuity.character import growth
-    lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
-    m, c = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
-    neg = _encode_text(c, "blurry, deformed")
-    images, prompts = [], []
+    m, c = _lora_models(model, clip, lora_path)
+    neg = None
+    images, prompts, layers = [], [], []
     for i in range(n):
-        text = char.prompt(growth.LAYER_PROMPT[growth.LAYERS[i % len(growth.LAYERS)]])
-        latent = comfy_nodes.EmptyLatentImage().generate(side, side, 1)[0]
-        out = comfy_nodes.common_ksampler(m, i, steps, 6.0, "euler", "normal", _encode_text(c, text), neg, latent)[0]
-        images.append(vae.decode(out["samples"])[0, ..., :3].float().cpu().clamp(0, 1).numpy())
+        layer = growth.LAYERS[i % len(growth.LAYERS)]
+        text = char.prompt(growth.LAYER_PROMPT[layer])
+        key = (os.path.realpath(lora_path), i, side, steps, text)
+        img = cache.get(key) if cache is not None else None
+        if img is None:
+            _throw_if_interrupted()
+            if neg is None:
+                neg = _encode_text(c, TEST_NEGATIVE)
+            latent = comfy_nodes.EmptyLatentImage().generate(side, side, 1)[0]
+            out = comfy_nodes.common_ksampler(m, i, steps, 6.0, "euler", "normal", _encode_text(c, text), neg,
+                                              latent)[0]
+            img = vae.decode(out["samples"])[0, ..., :3].float().cpu().clamp(0, 1).numpy()
+            if cache is not None:
+                cache[key] = img
+        images.append(img)
         prompts.append(text)
+        layers.append(layer)
+    return images, prompts, layers, m, c
+
+
+def evaluate_lora(char, model, clip, vae, lora_path: str, n: int, side: int, steps: int, face_model=None,
+                  cache: dict | None = None) -> dict:
+    """The consistency report of one LoRA: ``n`` test images (prompts over the framing ladder, seeds 0..n-1)
+    generated with it and scored against the character's references."""
+    images, prompts, _, _, _ = generate_test_images(char, model, clip, vae, lora_path, n, side, steps, cache)
     det, emb = _scorer(face_model)
     scores = _identity_scores(char, images, det, emb)
     vals = [s for s, _ in scores if s is not None]
@@ -646,6 +716,67 @@ def evaluate_lora(char, model, clip, vae, lora_path: str, n: int, side: int, ste
             "faces_missing": n - len(vals), "mean": float(np.mean(vals)) if vals else None,
             "passing": sum(1 for v in vals if thr is not None and v >= thr), "threshold": thr,
             "per_image": [s for s, _ in scores], "prompts": prompts}
+
+
+def refine_dataset(char, model, clip, vae, *, lora_path: str, dataset_dir: str, n: int, side: int, steps: int,
+                   face_model=None, cache: dict | None = None, plan_name: str = "", stage_name: str = "") -> tuple[str, dict]:
+    """The refine step of the 2-step loop, before a stage marked ``"refine": true``.
+
+    ``n`` test images are made with the previous stage's LoRA (:func:`generate_test_images`) and scored
+    against the references; the faces of those below the threshold (the profile's for the face model,
+    else the model's own) are fixed as Grow Character Layer fixes them, a fix is kept only if it raises
+    the score; the images that reach the threshold go, captioned as the dataset's captions are, into
+    ``refine/`` of a new dataset version of the profile (``datasets/vN``: the previous version as it is +
+    ``refine/`` with ``provenance.json``), which is recorded in the profile. Returns (folder, summary).
+    """
+    from ..continuity.character import growth
+    from ..continuity.character import plan as planlib
+    images, prompts, layers, m, c = generate_test_images(char, model, clip, vae, lora_path, n, side, steps, cache)
+    det, emb = _scorer(face_model)
+    model_name = getattr(emb, "name", "")
+    thr = char.threshold(model_name or None, float(getattr(emb, "threshold", 0.0)))
+    recs = [planlib.RefineImage(index=i, seed=i, layer=layers[i], prompt=prompts[i], faces=nf, before=sc)
+            for i, (sc, nf) in enumerate(_identity_scores(char, images, det, emb))]
+    final = list(images)
+    todo = [i for i, r in enumerate(recs) if planlib.needs_fix(r, thr)]
+    if todo:
+        neg = _encode_text(c, TEST_NEGATIVE)
+        conds = {p: _encode_text(c, p) for p in {prompts[i] for i in todo}}
+        outcomes = fix_faces_and_rescore(
+            char, [images[i] for i in todo], [recs[i].before for i in todo], det=det, emb=emb, model=m,
+            positive=tuple(conds[prompts[i]] for i in todo), negative=neg, vae=vae, seeds=list(todo), steps=steps,
+            cfg=6.0, sampler_name="euler", scheduler="normal", denoise=REFINE_FIX_DENOISE,
+            size=max(64, min(1024, side // 64 * 64)), rule="higher")
+        for i, o in zip(todo, outcomes):
+            if o is None:
+                recs[i].fix_note = "the face detector found no face to fix"
+                continue
+            recs[i].fix_score, recs[i].fix_note = o["score"], o["note"]
+            if o["kept"]:
+                final[i] = o["image"]
+    planlib.select_refined(recs, thr)
+    carry, example = planlib.captions_carry_trigger(dataset_dir, char.trigger_word)
+    for r in recs:
+        r.caption = planlib.refine_caption(growth.LAYER_PROMPT[r.layer], trigger=char.trigger_word,
+                                           class_phrase=char.class_phrase, carry_trigger=carry, example=example)
+    provenance = {"character": char.name, "revision": char.revision, "plan": plan_name, "stage": stage_name,
+                  "lora": lora_path, "model": model_name, "threshold": thr, "side": side, "steps": steps,
+                  "cfg": 6.0, "sampler": "euler", "scheduler": "normal", "negative": TEST_NEGATIVE,
+                  "fix": {"denoise_1": REFINE_FIX_DENOISE, "denoise_2": 0.0, "size": max(64, min(1024, side // 64 * 64)),
+                          "kept_if": "the fixed image scores higher"},
+                  "captions": "trigger word, class phrase, framing (as the dataset's captions)" if carry
+                              else "framing words (the training preset adds the trigger word and class phrase)"}
+    version, folder, sub = planlib.write_refined_version(os.path.join(char.folder, "datasets"), dataset_dir, recs,
+                                                         final, provenance=provenance)
+    summary = planlib.refine_summary(recs, version=version, folder=folder, subfolder=sub, previous=dataset_dir,
+                                     previous_images=len(planlib.select_subset(dataset_dir, ["*"])), threshold=thr,
+                                     model=model_name)
+    charlib.record_dataset(os.path.dirname(char.folder), char.name, version=version, path=folder,
+                           note=f"refine before stage '{stage_name}': {summary['kept']}/{n} test images kept",
+                           extra={"step": "refine", "plan": plan_name, "stage": stage_name, "previous": dataset_dir,
+                                  "lora": lora_path, "kept": summary["kept"], "generated": n,
+                                  "fixed": summary["fixed"], "threshold": thr, "model": model_name})
+    return folder, summary
 
 
 def _throw_if_interrupted():
@@ -682,8 +813,11 @@ class CharacterTrainingPlan(io.ComfyNode):
                 "launcher (kohya-ss sd-scripts): one job per stage on that stage's subsets (sub-folders), each "
                 "continuing from the previous stage's LoRA (--network_weights). Each finished stage is recorded "
                 "in the profile at once (LoRA, stage, report); a failing stage stops the plan with its log tail "
-                "and the earlier stages stay recorded. Presets: three_stage (appearance on all layers; details on "
-                "the close-ups with 3 repeats; expressions and poses), two_step, single; or custom JSON."
+                "and the earlier stages stay recorded. A stage with \"refine\": true runs the 2-step loop first: test "
+                "images from the previous LoRA, the low scorers' faces fixed, the good ones added to a new dataset "
+                "version it trains on (needs model, clip, vae). Presets: three_stage (appearance on all layers; "
+                "details on the close-ups with 3 repeats; expressions and poses), two_step (train, refine, train "
+                "again), single; or custom JSON."
             ),
             is_output_node=True,
             not_idempotent=True,
@@ -710,11 +844,19 @@ class CharacterTrainingPlan(io.ComfyNode):
                 io.Clip.Input("clip", optional=True, tooltip="CLIP for the test images."),
                 io.Vae.Input("vae", optional=True, tooltip="VAE for the test images."),
                 io.Int.Input("eval_images", default=0, min=0, max=64, optional=True,
-                             tooltip="Test images per stage (0: no consistency report)."),
+                             tooltip="Test images per stage (0: no consistency report, except in plans with a refine "
+                                     "stage, whose stages are scored on refine_images test images)."),
                 io.Int.Input("eval_resolution", default=1024, min=64, max=4096, step=8, optional=True,
                              tooltip="Side of the test images."),
                 io.Int.Input("eval_steps", default=25, min=1, max=200, optional=True, tooltip="Sampling steps of the test images."),
-                FaceModel.Input("face_model", optional=True, tooltip="Face model for the report (default: dlib)."),
+                FaceModel.Input("face_model", optional=True,
+                                tooltip="Face model for the report and the refine step's scoring and face detection (default: dlib)."),
+                io.Int.Input("refine_images", default=8, min=1, max=64, optional=True,
+                             tooltip="Refine stages (the 2-step loop, e.g. the two_step plan): test images generated with "
+                                     "the previous stage's LoRA (prompts over the framing ladder, seeds 0..n-1, "
+                                     "eval_resolution, eval_steps). Those below the profile's threshold get their face "
+                                     "fixed; those that reach it go into refine/ of a new dataset version the stage "
+                                     "trains on. Needs model, clip and vae."),
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile with every stage's LoRA recorded."),
@@ -737,7 +879,7 @@ class CharacterTrainingPlan(io.ComfyNode):
     @_common.reports_errors("plan")
     def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",
                 job_prefix="", model=None, clip=None, vae=None, eval_images=0, eval_resolution=1024, eval_steps=25,
-                face_model=None) -> io.NodeOutput:
+                face_model=None, refine_images=8) -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -747,11 +889,12 @@ class CharacterTrainingPlan(io.ComfyNode):
         the_plan = planlib.parse_plan(custom_plan if plan == "custom" else plan,
                                       input="custom_plan" if plan == "custom" else "plan")
         refining = [st.name for st in the_plan.stages if st.refine]
-        if refining:
-            raise ContinuityError(f"stage(s) {', '.join(refining)} use the 2-step refine loop, which this node cannot run "
-                                  "yet: run the stages as separate plans with Grow Character Layer / the face fix in "
-                                  "between, or use the core API (run_plan(refine=...))",
-                                  input="custom_plan" if plan == "custom" else "plan")
+        if refining and (model is None or clip is None or vae is None):
+            missing = [n for n, v in (("model", model), ("clip", clip), ("vae", vae)) if v is None]
+            raise ContinuityError(f"stage(s) {', '.join(refining)} of plan '{the_plan.name}' run the 2-step refine loop, "
+                                  "which generates test images with the previous stage's LoRA: connect model, clip and "
+                                  f"vae (the checkpoint the LoRA is trained for); {', '.join(missing)} not connected. "
+                                  "Nothing was trained.", input="model")
         if dataset_path and dataset_path.strip():
             ds_dir = confine_dataset(dataset_path.strip())
         else:
@@ -794,24 +937,38 @@ class CharacterTrainingPlan(io.ComfyNode):
             return make_job(stage, index, items, weights, d)
 
         root = os.path.dirname(char.folder)
-        ds_version = next((d.get("version") for d in reversed(char.datasets)
-                           if os.path.realpath(str(d.get("path", ""))) == ds_dir), None)
+        versions = {ds_dir: next((d.get("version") for d in reversed(char.datasets)
+                                  if os.path.realpath(str(d.get("path", ""))) == ds_dir), None)}
 
         def record_stage(res):
             rel = os.path.relpath(res.lora_path, loras_root).replace(os.sep, "/")
+            extra = {"stage_name": res.name, "plan": the_plan.name, "network_weights": res.network_weights,
+                     "dataset": res.dataset_dir, "images": res.images, "repeats": res.repeats}
+            if res.refine:
+                extra["refine"] = res.refine
             return charlib.record_lora(
-                root, char.name, lora_name=rel, path=res.lora_path, stage=res.index, dataset_version=ds_version,
-                job=res.job, report=res.report,
-                extra={"stage_name": res.name, "plan": the_plan.name, "network_weights": res.network_weights,
-                       "dataset": res.dataset_dir, "images": res.images, "repeats": res.repeats}).revision
-        evaluate = None
-        if eval_images and model is not None and clip is not None and vae is not None:
+                root, char.name, lora_name=rel, path=res.lora_path, stage=res.index,
+                dataset_version=versions.get(os.path.realpath(res.dataset_dir)), job=res.job, report=res.report,
+                extra=extra).revision
+        cache: dict = {}   # test images of this run, shared by the reports and the refine step
+        # a refining plan is always scored, so that the report shows whether the step helped
+        n_eval = eval_images or (refine_images if refining else 0)
+        evaluate = refine = None
+        if n_eval and model is not None and clip is not None and vae is not None:
             def evaluate(stage, lora_path):
-                return evaluate_lora(char, model, clip, vae, lora_path, eval_images, eval_resolution, eval_steps,
-                                     face_model)
+                return evaluate_lora(char, model, clip, vae, lora_path, n_eval, eval_resolution, eval_steps,
+                                     face_model, cache=cache)
+        if refining:
+            def refine(stage, prev, current_dir):
+                folder, summary = refine_dataset(
+                    char, model, clip, vae, lora_path=prev.lora_path, dataset_dir=current_dir, n=refine_images,
+                    side=eval_resolution, steps=eval_steps, face_model=face_model, cache=cache,
+                    plan_name=the_plan.name, stage_name=stage.name)
+                versions[os.path.realpath(folder)] = summary["dataset_version"]
+                return folder, summary
         try:
             results = planlib.run_plan(the_plan, dataset_dir=ds_dir, make_job=counted_make, launch=launch,
-                                       on_stage_done=record_stage, evaluate=evaluate,
+                                       on_stage_done=record_stage, evaluate=evaluate, refine=refine,
                                        interrupted=_throw_if_interrupted)
         except planlib.PlanFailed as exc:
             charlib.record(root, char.name, action="plan_failed", summary=exc.message.splitlines()[0], changes={})

@@ -125,11 +125,135 @@ def test_refine_stage_trains_on_new_version(tmp_path):
 
     def refine(stage, prev, current):
         seen.append((stage.name, os.path.basename(prev.lora_path), current))
-        return d2
+        return d2, {"generated": 4, "below_threshold": 2, "fixed": 1, "no_face": 1, "kept": 1, "threshold": 0.9,
+                    "dataset_version": 2, "subfolder": "refine", "previous_images": 2}
+    means = iter([0.61, 0.66])
     res = planlib.run_plan(planlib.parse_plan("two_step"), dataset_dir=d, make_job=fake.make_job,
-                           launch=fake.launch, refine=refine)
+                           launch=fake.launch, refine=refine,
+                           evaluate=lambda st, lora: {"mean": next(means), "count": 4, "passing": 1, "faces_missing": 0})
     assert seen == [("second", "job1.safetensors", d)]
     assert res[1].dataset_dir == d2 and res[1].images == 3 and fake.jobs[1]["weights"] == res[0].lora_path
+    assert res[0].refine == {} and res[1].refine["kept"] == 1
+    text = planlib.format_report(planlib.parse_plan("two_step"), res)
+    assert "refine: 4 test images with stage 1's LoRA, 2 below the threshold 0.900, 1 fixed" in text
+    assert "1 kept -> dataset v2 (refine/, the previous version's 2 images as they were)" in text
+    assert "consistency before (stage 1's LoRA): mean 0.610, passing 1/4; after: mean 0.660, passing 1/4" in text
+    assert "(+0.050 vs previous stage)" in text
+
+
+def test_select_refined_rules():
+    R = planlib.RefineImage
+    ims = [R(0, 0, "closeup", "p", faces=0),                                             # no face
+           R(1, 1, "portrait", "p", faces=1, before=0.95),                               # passes as generated
+           R(2, 2, "closeup", "p", faces=1, before=0.85, fix_score=0.94, fix_note="kept"),  # fixed into passing
+           R(3, 3, "closeup", "p", faces=1, before=0.85, fix_score=0.80, fix_note="x"),  # fix lowered the score
+           R(4, 4, "closeup", "p", faces=2, before=0.80, fix_score=0.88, fix_note="x"),  # fix helped, not enough
+           R(5, 5, "closeup", "p", faces=1, before=0.70, fix_note="the face detector found no face to fix"),
+           R(6, 6, "closeup", "p", faces=1, before=0.85, fix_score=0.85, fix_note="x")]  # no change: not kept
+    assert [planlib.needs_fix(im, 0.93) for im in ims] == [False, False, True, True, True, True, True]
+    planlib.select_refined(ims, 0.93)
+    assert [im.kept for im in ims] == [False, True, True, False, False, False, False]
+    assert [im.fixed for im in ims] == [False, False, True, False, True, False, False]
+    assert [im.score for im in ims] == [None, 0.95, 0.94, 0.85, 0.88, 0.70, 0.85]
+    assert ims[0].reason == "no face found"
+    assert ims[1].reason == "identity 0.950 >= threshold 0.930"
+    assert ims[2].reason == "fixed: identity 0.850 -> 0.940 >= threshold 0.930"
+    assert ims[3].reason == "identity 0.850 < threshold 0.930 (fix scored 0.800, not kept)"
+    assert ims[4].reason == "identity 0.800 < threshold 0.930 (after the fix 0.880)"
+    assert ims[5].reason == "identity 0.700 < threshold 0.930 (the face detector found no face to fix)"
+    s = planlib.refine_summary(ims, version=3, folder="/x/v3", subfolder="refine", previous="/x/v2",
+                               previous_images=5, threshold=0.93, model="dlib")
+    assert (s["generated"], s["no_face"], s["below_threshold"], s["fixed"], s["kept"]) == (7, 1, 5, 2, 2)
+    planlib.select_refined(ims, None)          # no threshold: every image with a face
+    assert [im.kept for im in ims] == [False, True, True, True, True, True, True]
+
+
+def test_refine_captions_follow_the_dataset(tmp_path):
+    plain = tmp_path / "plain"
+    _dataset(str(plain), {"closeup": 2})                      # captions "closeup 0": no trigger word
+    assert planlib.captions_carry_trigger(str(plain), "r3na") == (False, "")
+    assert planlib.refine_caption("portrait, upper body", trigger="r3na", class_phrase="woman",
+                                  carry_trigger=False) == "portrait, upper body"
+    modular = tmp_path / "modular"
+    _dataset(str(modular), {"closeup": 3})
+    for i, text in enumerate(["photo of r3na woman, red hair, close-up", "photo of r3na woman, close-up", "close-up"]):
+        (modular / "closeup" / f"{i}.txt").write_text(text)
+    carry, example = planlib.captions_carry_trigger(str(modular), "R3NA")
+    assert carry and example.startswith("photo of r3na")
+    assert planlib.refine_caption("portrait, upper body", trigger="r3na", class_phrase="woman", carry_trigger=True,
+                                  example=example) == "photo of r3na woman, portrait, upper body"
+
+
+def _tree(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.stat(p)
+            out[os.path.relpath(p, folder)] = (st.st_mtime_ns, open(p, "rb").read())
+    return out
+
+
+def test_write_refined_version_with_real_faces(tmp_path, faces_dir):
+    """Real photos scored with dlib: the same person passes, someone else and a faceless image do not;
+    the new version holds the previous one as it was plus refine/ with the kept image."""
+    import json
+
+    from continuity.faces import embedders
+    from continuity.scoring import score_set
+
+    def photo(name, side=256):
+        im = Image.open(faces_dir / name).convert("RGB")
+        im.thumbnail((side, side))
+        return np.asarray(im, np.float32) / 255
+
+    prev = tmp_path / "chars" / "kay" / "datasets" / "v1"
+    _dataset(str(prev), {"closeup": 2, ".": 1})
+    (prev / "closeup" / "0.txt").write_text("photo of k4y man, close-up")
+    (prev / "closeup" / "1.txt").write_text("photo of k4y man, smiling, close-up")
+    before = _tree(str(prev))
+    refs = [photo("img1.jpg"), photo("img2.jpg")]
+    cands = [photo("img4.jpg"), photo("img13.jpg"), np.random.default_rng(3).random((96, 96, 3)).astype(np.float32)]
+    emb = embedders.get_embedder("dlib")
+    ms = score_set(refs, cands, [emb]).models["dlib"]
+    thr = emb.threshold
+    layers = ["closeup", "closeup_portrait", "portrait"]
+    ims = [planlib.RefineImage(i, i, layers[i], f"k4y man, {layers[i]}", faces=c.n_faces, before=m)
+           for i, (c, m) in enumerate(zip(ms.candidates, ms.mean))]
+    assert [planlib.needs_fix(im, thr) for im in ims] == [False, True, False]
+    ims[1].fix_score, ims[1].fix_note = ims[1].before - 0.02, "fix scored lower; discarded"
+    planlib.select_refined(ims, thr)
+    assert [im.kept for im in ims] == [True, False, False]
+    carry, example = planlib.captions_carry_trigger(str(prev), "k4y")
+    assert carry
+    from continuity.character import growth
+    for im in ims:
+        im.caption = planlib.refine_caption(growth.LAYER_PROMPT[im.layer], trigger="k4y", class_phrase="man",
+                                            carry_trigger=True, example=example)
+    datasets = str(tmp_path / "chars" / "kay" / "datasets")
+    version, folder, sub = planlib.write_refined_version(datasets, str(prev), ims, cands,
+                                                         provenance={"lora": "s1.safetensors"})
+    assert (version, sub) == (2, "refine") and folder == os.path.join(datasets, "v2")
+    assert _tree(str(prev)) == before                           # the previous version is untouched
+    new = _tree(folder)
+    for rel, (_, data) in before.items():
+        assert new[rel][1] == data
+    assert sorted(new) == sorted([*before, "refine/closeup_0000.png", "refine/closeup_0000.txt",
+                                  "refine/provenance.json"])
+    assert new["refine/closeup_0000.txt"][1].decode().strip() == "photo of k4y man, close-up of the face"
+    kept_img = np.asarray(Image.open(os.path.join(folder, "refine", "closeup_0000.png")), np.float32) / 255
+    assert np.abs(kept_img - cands[0]).max() <= 1 / 255 + 1e-6
+    prov = json.load(open(os.path.join(folder, "refine", "provenance.json")))
+    assert prov["lora"] == "s1.safetensors" and prov["previous_version"] == str(prev) and prov["step"] == "refine"
+    assert [p["kept"] for p in prov["images"]] == [True, False, False]
+    assert prov["images"][0]["file"] == "refine/closeup_0000.png" and prov["images"][1]["file"] == ""
+    assert "fix scored" in prov["images"][1]["reason"] and prov["images"][2]["reason"] == "no face found"
+    # refining the refined version again: a third version with refine_2 beside refine; v1 and v2 untouched
+    v3, folder3, sub3 = planlib.write_refined_version(datasets, folder, ims, cands, provenance={})
+    assert (v3, sub3) == (3, "refine_2")
+    assert os.path.isfile(os.path.join(folder3, "refine", "closeup_0000.png"))
+    assert os.path.isfile(os.path.join(folder3, "refine_2", "closeup_0000.png"))
+    assert _tree(folder) == new and _tree(str(prev)) == before
 
 
 def _fake_sd(tmp_path):

@@ -123,12 +123,135 @@ def test_plan_node_bad_inputs(comfy, fake_sd):
     g = _graph("vic", ds)   # three_stage on a dataset with close-ups only: stage 3 has no images
     res = comfy.run(g, expect_success=False)
     assert "stage 3 ('expressions') selects no image" in res.error["exception_message"]
+    # a plan with a refine stage and no model: refused before any job starts, naming the node and 'model'
     res = comfy.run(_graph("vic", ds, plan="two_step"), expect_success=False)
-    assert "refine loop, which this node cannot run" in res.error["exception_message"]
+    msg = res.error["exception_message"]
+    assert "Character Training Plan (Continuity), input 'model'" in msg
+    assert "second" in msg and "2-step refine loop" in msg and "Nothing was trained" in msg
+    g = _graph("vic", ds, plan="custom")
+    g["2"]["inputs"]["custom_plan"] = '[{"name": "a"}, {"name": "b", "refine": true}]'
+    g["3"] = {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": False}}
+    g["2"]["inputs"].update({"model": ["3", 0], "clip": ["3", 1]})     # no vae
+    res = comfy.run(g, expect_success=False)
+    assert "input 'model'" in res.error["exception_message"] and "vae not connected" in res.error["exception_message"]
     g = _graph("vic", "../../etc")
     res = comfy.run(g, expect_success=False)
     assert "outside the allowed folders" in res.error["exception_message"]
     assert fake_sd[0].invocations(fake_sd[1]) == []
+
+
+def _files(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.stat(p)
+            out[os.path.relpath(p, folder)] = (st.st_mtime_ns, st.st_size, open(p, "rb").read())
+    return out
+
+
+def _two_step_graph(name, ds, prefix, n):
+    g = _graph(name, ds, plan="two_step", prefix=prefix)
+    g["3"] = {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": False}}
+    g["4"] = {"class_type": "ContinuityTestCentreFaceModel", "inputs": {}}
+    g["2"]["inputs"].update({"model": ["3", 0], "clip": ["3", 1], "vae": ["3", 2], "face_model": ["4", 0],
+                             "refine_images": n, "eval_resolution": 64, "eval_steps": 1})
+    return g
+
+
+def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, faces_dir):
+    """two_step in the node: stage 2 continues from stage 1's LoRA on a new dataset version (the old
+    images as they were + refine/). The tiny models draw no real faces, so the test face model takes
+    the centre of every image as the face and a 4x4-pixel vector as its identity: real, deterministic
+    cosine scores. Run 1 sets a threshold no image reaches (every face is fixed, nothing is kept); run 2
+    puts the threshold between run 1's final scores, so some images are kept and others not."""
+    import json
+
+    from continuity import character as charlib
+    from continuity.character import growth
+    fake, sd_root = fake_sd
+    root = str(comfy.base / "output" / "continuity" / "characters")
+    refs = []
+    for f in ("img1.jpg", "img2.jpg"):
+        im = Image.open(faces_dir / f).convert("RGB")
+        im.thumbnail((128, 128))
+        refs.append(np.asarray(im, np.float32) / 255)
+    charlib.save_profile(root, "rena", trigger_word="r3na", class_phrase="woman", references=refs,
+                         thresholds={"test-pixels": 1.0})
+    ds = _dataset(comfy, "rena_ds", {"closeup": 2, "portrait": 1})
+    ds_dir = str(comfy.base / "input" / ds)
+    before = _files(ds_dir)
+    n = 4
+
+    res = comfy.run(_two_step_graph("rena", ds, "rena_a", n))
+    char, report = res.value("2", 0), res.value("2", 2)
+    calls = fake.invocations(sd_root)
+    assert len(calls) == 2
+    s1, s2 = char.loras[-2:]
+    argv = calls[1]["argv"]
+    assert argv[argv.index("--network_weights") + 1] == os.path.realpath(s1["path"])
+    # the refine step wrote and recorded a new version; stage 2 trained on it
+    ver = char.latest_dataset()
+    assert ver["step"] == "refine" and ver["stage"] == "second" and ver["previous"] == os.path.realpath(ds_dir)
+    assert s2["dataset"] == ver["path"] and s2["dataset_version"] == ver["version"] and s1["dataset"] == os.path.realpath(ds_dir)
+    v = ver["path"]
+    assert os.path.dirname(v) == os.path.join(char.folder, "datasets")
+    prov = json.load(open(os.path.join(v, "refine", "provenance.json")))
+    imgs = prov["images"]
+    assert len(imgs) == n and prov["threshold"] == 1.0 and prov["previous_version"] == os.path.realpath(ds_dir)
+    assert all(i["faces"] == 1 and i["before"] is not None and i["fix_score"] is not None for i in imgs)  # all fixed
+    assert not any(i["kept"] for i in imgs)
+    assert all(i["fixed"] == (i["fix_score"] is not None and i["fix_score"] > i["before"]) for i in imgs)
+    assert [i["layer"] for i in imgs] == [growth.LAYERS[k % 5] for k in range(n)]
+    assert s2["images"] == 3 and s2["refine"]["kept"] == 0 and s2["refine"]["generated"] == n
+    # the old images, untouched, in both the old folder and the new version
+    assert _files(ds_dir) == before
+    new_files = _files(v)
+    for rel, (_, _, data) in before.items():
+        assert new_files[rel][2] == data
+    assert sorted(new_files) == sorted([*before, "refine/provenance.json"])
+    # the report: the refine step, and the consistency before (stage 1's LoRA) and after (stage 2's)
+    assert "2/2 stages done" in report and f"refine: {n} test images with stage 1's LoRA" in report
+    assert "consistency before (stage 1's LoRA): mean" in report and f"passing 0/{n}" in report
+    assert s1["report"]["count"] == n and s2["report"]["count"] == n
+
+    # run 2: a threshold between run 1's final scores
+    finals = sorted(i["fixed"] and i["fix_score"] or i["before"] for i in imgs)
+    splits = [k for k in range(n - 1) if finals[k + 1] - finals[k] > 1e-3]
+    assert splits, finals
+    k = min(splits, key=lambda k: abs(k + 1 - n / 2))          # the split nearest the middle
+    thr = (finals[k] + finals[k + 1]) / 2
+    charlib.save_profile(root, "rena", thresholds={"test-pixels": thr})
+    res = comfy.run(_two_step_graph("rena", ds, "rena_b", n))
+    char2, report2 = res.value("2", 0), res.value("2", 2)
+    ver2 = char2.latest_dataset()
+    assert ver2["version"] == ver["version"] + 1 and ver2["previous"] == os.path.realpath(ds_dir)
+    prov2 = json.load(open(os.path.join(ver2["path"], "refine", "provenance.json")))
+    imgs2 = prov2["images"]
+    expected = [(i["fixed"] and i["fix_score"] or i["before"]) >= thr for i in imgs]
+    assert [i["kept"] for i in imgs2] == expected and 0 < sum(expected) < n
+    for a, b in zip(imgs, imgs2):
+        assert b["before"] == pytest.approx(a["before"], abs=1e-5)
+        # only the images below the threshold get the fix; a fix is kept only if it raised the score
+        assert bool(b["fix_note"]) == (b["before"] < thr)
+        assert b["fixed"] == (b["fix_score"] is not None and b["fix_score"] > b["before"])
+        if b["kept"]:
+            assert b["score"] >= thr and ("fixed:" in b["reason"]) == b["fixed"]
+            png = os.path.join(ver2["path"], b["file"])
+            assert os.path.isfile(png) and b["file"].startswith("refine/")
+            # the dataset's captions are framing words only (the preset adds the trigger): so are these
+            assert open(png[:-4] + ".txt").read().strip() == growth.LAYER_PROMPT[b["layer"]]
+        else:
+            assert "< threshold" in b["reason"] and not b["file"]
+    s2b = char2.loras[-1]
+    assert s2b["images"] == 3 + sum(expected) and s2b["dataset"] == ver2["path"]
+    assert f"{sum(expected)} kept -> dataset v{ver2['version']} (refine/" in report2
+    # the earlier versions are still as they were
+    assert _files(ds_dir) == before and _files(v) == new_files
+    # stage 2's job trained on the old images and the kept ones
+    toml = open(os.path.join(comfy.base, "output", "continuity_training", s2b["job"], "dataset.toml")).read()
+    img_dir = toml.split('image_dir = "')[1].split('"')[0]
+    assert len([f for f in os.listdir(img_dir) if f.endswith(".png")]) == 3 + sum(expected)
 
 
 def test_train_lora_takes_a_character(comfy, fake_sd):

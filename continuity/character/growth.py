@@ -202,13 +202,19 @@ def _png(path: str, rgb: np.ndarray) -> None:
     Image.fromarray(as_uint8_rgb(rgb)).save(path, format="PNG")
 
 
-def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
-                previous: str | None, caption: str, provenance: dict) -> LayerResult:
-    """A new dataset version ``datasets_dir/vN``: the previous version's files, plus ``<layer>/``
-    with the kept candidates (PNG + caption), and ``<layer>/provenance.json`` listing every
-    candidate (kept or not) with its scores. Atomic; an existing version is never changed."""
+def write_version(datasets_dir: str, sub: str, entries: list[tuple[str, np.ndarray, str]], *,
+                  previous: str | None, provenance) -> tuple[int, str, str, list[str]]:
+    """A new dataset version ``datasets_dir/vN``: the previous version's files as they are (hard links,
+    else copies), plus the sub-folder ``sub`` (``sub_2``, ... if the previous version has one) with
+    ``entries`` (stem, RGB image, caption) as PNG + ``.txt`` and a ``provenance.json``.
+
+    ``provenance(sub_rel, files)`` returns the provenance dict, given the sub-folder's name and the
+    entries' file paths relative to the version folder. Built under a temporary name and moved into
+    place when complete: an existing version is never changed. Returns (version, folder, sub, files).
+    """
     if previous and not os.path.isdir(previous):
         raise ContinuityError(f"the previous dataset version {previous} is missing", input="character")
+    out: dict = {}
 
     def build(stage: str):
         if previous:
@@ -220,27 +226,44 @@ def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: l
                     shutil.copytree(src, dst, copy_function=_link_or_copy)
                 else:
                     _link_or_copy(src, dst)
-        sub = os.path.join(stage, layer)
-        if os.path.exists(sub):  # a second growth of the same layer: keep both
+        folder = os.path.join(stage, sub)
+        if os.path.exists(folder):  # the previous version has this sub-folder already: keep both
             n = 2
-            while os.path.exists(f"{sub}_{n}"):
+            while os.path.exists(f"{folder}_{n}"):
                 n += 1
-            sub = f"{sub}_{n}"
-        os.makedirs(sub)
-        for c, img in zip(cands, images):
-            if not c.kept:
-                continue
-            stem = f"{layer}_{c.index:04d}"
-            _png(os.path.join(sub, stem + ".png"), img)
-            with open(os.path.join(sub, stem + ".txt"), "w", encoding="utf-8") as fh:
+            folder = f"{folder}_{n}"
+        os.makedirs(folder)
+        files = []
+        for stem, img, caption in entries:
+            _png(os.path.join(folder, stem + ".png"), img)
+            with open(os.path.join(folder, stem + ".txt"), "w", encoding="utf-8") as fh:
                 fh.write(caption + "\n")
-            c.file = os.path.relpath(os.path.join(sub, stem + ".png"), stage)
-        with open(os.path.join(sub, "provenance.json"), "w", encoding="utf-8") as fh:
-            json.dump({**provenance, "layer": layer, "previous_version": previous,
-                       "candidates": [c.to_dict() for c in cands]}, fh, indent=2, default=str)
+            files.append(os.path.relpath(os.path.join(folder, stem + ".png"), stage).replace(os.sep, "/"))
+        sub_rel = os.path.basename(folder)
+        with open(os.path.join(folder, "provenance.json"), "w", encoding="utf-8") as fh:
+            json.dump(provenance(sub_rel, files), fh, indent=2, default=str)
+        out.update(sub=sub_rel, files=files)
 
     version, folder = new_version_folder(datasets_dir, build)
-    return LayerResult(version, folder, layer, sum(c.kept for c in cands), cands)
+    return version, folder, out["sub"], out["files"]
+
+
+def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
+                previous: str | None, caption: str, provenance: dict) -> LayerResult:
+    """A new dataset version ``datasets_dir/vN``: the previous version's files, plus ``<layer>/``
+    with the kept candidates (PNG + caption), and ``<layer>/provenance.json`` listing every
+    candidate (kept or not) with its scores. Atomic; an existing version is never changed."""
+    kept = [(c, img) for c, img in zip(cands, images) if c.kept]
+    entries = [(f"{layer}_{c.index:04d}", img, caption) for c, img in kept]
+
+    def prov(sub_rel: str, files: list[str]) -> dict:
+        for (c, _), f in zip(kept, files):
+            c.file = f
+        return {**provenance, "layer": layer, "previous_version": previous,
+                "candidates": [c.to_dict() for c in cands]}
+
+    version, folder, _, _ = write_version(datasets_dir, layer, entries, previous=previous, provenance=prov)
+    return LayerResult(version, folder, layer, len(kept), cands)
 
 
 def _link_or_copy(src: str, dst: str) -> str:

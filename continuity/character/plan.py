@@ -14,7 +14,10 @@ A plan (JSON, or one of :data:`PRESETS`)::
 ``overrides`` are the training launcher's overridable settings. Each stage after the first
 continues from the previous stage's LoRA (``--network_weights``). A stage may set ``"refine": true``
 to run the 2-step loop before it: the caller's ``refine`` hook (generate with the last LoRA, fix
-the low scorers, write a new dataset version) returns the dataset folder the stage trains on.
+the low scorers, write a new dataset version) returns the dataset folder the stage trains on (and,
+optionally, a summary kept in the stage's result). The ComfyUI-free parts of that step are here:
+:func:`select_refined` (which fixes are kept, which images pass), :func:`refine_caption` and
+:func:`write_refined_version` (a new version: the previous one as it is + ``refine/``).
 
 :func:`run_plan` runs the stages one after another through callables (so the core knows nothing
 of ComfyUI or of how jobs are launched), records each finished stage at once (``on_stage_done``),
@@ -186,6 +189,7 @@ class StageResult:
     seconds: float
     report: dict = field(default_factory=dict)
     revision: int | None = None     # profile revision that recorded it
+    refine: dict = field(default_factory=dict)   # what the refine step before it did (refine stages)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,7 +199,8 @@ class StageResult:
 MakeJob = Callable[[Stage, int, list[Item], "str | None", str], object]
 Launch = Callable[[object], str]                            # job -> LoRA path
 Evaluate = Callable[[Stage, str], dict]                     # (stage, LoRA path) -> consistency report
-Refine = Callable[[Stage, "StageResult", str], str]         # (stage, previous result, dataset dir) -> new dataset dir
+# (stage, previous result, dataset dir) -> new dataset dir, or (new dataset dir, summary dict)
+Refine = Callable[[Stage, "StageResult", str], "str | tuple[str, dict]"]
 OnStageDone = Callable[[StageResult], "int | None"]         # record it; returns the profile revision
 
 
@@ -225,10 +230,12 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
             interrupted()
         t0 = time.perf_counter()
         try:
+            refine_info: dict = {}
             if st.refine:
                 if refine is None:
                     raise ContinuityError("this stage refines the dataset (2-step loop) but no refine step is available")
-                current_dir = refine(st, results[-1], current_dir)
+                out = refine(st, results[-1], current_dir)
+                current_dir, refine_info = out if isinstance(out, tuple) else (out, {})
             items = select_subset(current_dir, st.subsets)
             if not items:
                 raise ContinuityError(f"subsets {st.subsets} select no image in {current_dir}")
@@ -247,7 +254,7 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
             except Exception as exc:
                 report = {"error": f"the consistency report failed: {getattr(exc, 'message', None) or exc}"}
         res = StageResult(i, st.name, str(getattr(job, "job_id", job)), lora, weights, current_dir, len(items),
-                          st.repeats, round(time.perf_counter() - t0, 3), report)
+                          st.repeats, round(time.perf_counter() - t0, 3), report, refine=dict(refine_info))
         if on_stage_done:
             res.revision = on_stage_done(res)
         results.append(res)
@@ -255,23 +262,176 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
     return results
 
 
+def _consistency(rep: dict) -> str:
+    """'mean 0.612, passing 5/8, 0 without a face' from a consistency report."""
+    if not isinstance(rep, dict) or not rep:
+        return "no report"
+    if rep.get("error"):
+        return str(rep["error"])
+    mean = rep.get("mean")
+    n = rep.get("count")
+    parts = [f"mean {mean:.3f}" if mean is not None else "no face scored"]
+    if rep.get("passing") is not None and n:
+        parts.append(f"passing {rep['passing']}/{n}")
+    if rep.get("faces_missing"):
+        parts.append(f"{rep['faces_missing']} without a face")
+    return ", ".join(parts)
+
+
 def format_report(plan: Plan, results: list[StageResult], error: str | None = None) -> str:
-    """A readable table of the stages: LoRA, starting weights, images, and the consistency report."""
+    """A readable table of the stages: LoRA, starting weights, images, what a refine step did, and
+    the consistency report before (the previous stage's LoRA) and after (this stage's)."""
     lines = [f"plan '{plan.name}': {len(results)}/{len(plan.stages)} stages done"]
-    prev_mean = None
+    prev = None
     for r in results:
-        mean = r.report.get("mean") if isinstance(r.report, dict) else None
+        rep = r.report if isinstance(r.report, dict) else {}
+        mean = rep.get("mean")
+        prev_mean = prev.report.get("mean") if prev is not None and isinstance(prev.report, dict) else None
         delta = "" if mean is None or prev_mean is None else f" ({mean - prev_mean:+.3f} vs previous stage)"
         lines.append(f"{r.index}. {r.name}: {os.path.basename(r.lora_path)} from "
                      f"{os.path.basename(r.network_weights) if r.network_weights else 'scratch'}; "
                      f"{r.images} images x{r.repeats or 'preset'} repeats; {r.seconds:.1f}s"
                      + (f"; identity mean {mean:.3f}{delta}" if mean is not None else ""))
-        if mean is not None:
-            prev_mean = mean
+        if r.refine:
+            f = r.refine
+            thr = f.get("threshold")
+            lines.append(f"   refine: {f.get('generated', 0)} test images with stage {prev.index if prev else '?'}'s "
+                         f"LoRA, {f.get('below_threshold', 0)} below the threshold"
+                         + (f" {thr:.3f}" if isinstance(thr, (int, float)) else "")
+                         + f", {f.get('fixed', 0)} fixed (score raised), {f.get('no_face', 0)} without a face; "
+                         f"{f.get('kept', 0)} kept -> dataset v{f.get('dataset_version')} "
+                         f"({f.get('subfolder', '')}/, the previous version's {f.get('previous_images', '?')} images as they were)")
+        if prev is None and rep:
+            lines.append(f"   consistency: {_consistency(rep)} (no earlier LoRA to compare with)")
+        elif rep or (prev is not None and prev.report):
+            lines.append(f"   consistency before (stage {prev.index}'s LoRA): {_consistency(prev.report)}; "
+                         f"after: {_consistency(rep)}")
+        prev = r
     if error:
         lines.append("FAILED: " + error)
     return "\n".join(lines)
 
+
+# ---------------------------------------------------------------------------- the refine step (2-step loop)
+
+REFINE_SUBFOLDER = "refine"
+
+
+@dataclass
+class RefineImage:
+    """One test image of the refine step: generated with the previous stage's LoRA, scored, maybe fixed."""
+    index: int
+    seed: int
+    layer: str                          # framing (growth.LAYERS) of its prompt
+    prompt: str
+    faces: int = 0
+    before: float | None = None         # identity score as generated (None: no face)
+    fix_score: float | None = None      # score of the face-fixed image (None: no fix tried or no face after it)
+    fix_note: str = ""
+    fixed: bool = False                 # the fix was kept (it raised the score)
+    score: float | None = None          # final score
+    threshold: float | None = None
+    kept: bool = False
+    reason: str = ""
+    caption: str = ""
+    file: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def needs_fix(im: RefineImage, threshold: float | None) -> bool:
+    """A face was found and it scores below the threshold: the face fix is tried."""
+    return im.faces > 0 and im.before is not None and threshold is not None and im.before < threshold
+
+
+def select_refined(images: list[RefineImage], threshold: float | None) -> list[RefineImage]:
+    """Decide per image: the fix is kept only if it raised the score; the image is kept if its final
+    score reaches ``threshold`` (None: every image with a face). Returns the same list."""
+    for im in images:
+        im.threshold = threshold
+        im.fixed = im.fix_score is not None and im.before is not None and im.fix_score > im.before
+        im.score = im.fix_score if im.fixed else im.before
+        if im.faces == 0 or im.before is None:
+            im.kept, im.reason = False, "no face found"
+        elif threshold is None:
+            im.kept, im.reason = True, f"identity {im.score:.3f} scored (no threshold)"
+        elif im.score >= threshold:
+            im.kept = True
+            im.reason = (f"fixed: identity {im.before:.3f} -> {im.score:.3f} >= threshold {threshold:.3f}" if im.fixed
+                         else f"identity {im.score:.3f} >= threshold {threshold:.3f}")
+        else:
+            im.kept = False
+            if im.fixed:
+                note = f" (after the fix {im.score:.3f})"
+            elif im.fix_score is not None:
+                note = f" (fix scored {im.fix_score:.3f}, not kept)"
+            else:
+                note = f" ({im.fix_note})" if im.fix_note else ""
+            im.reason = f"identity {im.before:.3f} < threshold {threshold:.3f}{note}"
+    return images
+
+
+def captions_carry_trigger(dataset_dir: str, trigger: str, *, caption_extension: str = ".txt") -> tuple[bool, str]:
+    """Whether most captions of the dataset name the trigger word, and one that does (for its prefix)."""
+    trig = trigger.strip().lower()
+    if not trig or not os.path.isdir(dataset_dir):
+        return False, ""
+    caps = [it.caption for it in select_subset(dataset_dir, ["*"], caption_extension=caption_extension)
+            if it.caption.strip()]
+    with_trigger = [c for c in caps if trig in c.lower().replace(",", " ").split()]
+    return bool(caps) and 2 * len(with_trigger) > len(caps), (with_trigger[0] if with_trigger else "")
+
+
+def refine_caption(framing: str, *, trigger: str, class_phrase: str, carry_trigger: bool, example: str = "") -> str:
+    """The caption of a refine image, written the way the dataset's captions are.
+
+    When the dataset's captions name the trigger word (Build Caption's modular captions), the caption
+    is ``[prefix ]<trigger> <class phrase>, <framing>`` with the prefix ("photo of", ...) of ``example``;
+    otherwise (Grow Character Layer's captions) the framing words alone, since the training preset puts
+    ``<trigger> <class phrase>, `` in front of every caption (trainers/*.json ``template``).
+    """
+    if not carry_trigger:
+        return framing
+    from ..dataset import captions as capmod
+    prefix = capmod.parse(example, trigger=trigger, class_word=class_phrase).prefix if example else ""
+    return capmod.Caption(trigger=trigger, class_word=class_phrase, framing=framing, prefix=prefix).compose()
+
+
+def refine_summary(images: list[RefineImage], *, version: int, folder: str, subfolder: str, previous: str,
+                   previous_images: int, threshold: float | None, model: str) -> dict:
+    scored = [im.before for im in images if im.before is not None]
+    final = [im.score for im in images if im.score is not None]
+    return {"dataset_version": version, "dataset_path": folder, "subfolder": subfolder, "previous": previous,
+            "previous_images": previous_images, "model": model, "threshold": threshold, "generated": len(images),
+            "no_face": sum(1 for im in images if im.faces == 0 or im.before is None),
+            "below_threshold": sum(1 for im in images if needs_fix(im, threshold)),
+            "fix_tried": sum(1 for im in images if im.fix_score is not None or im.fix_note),
+            "fixed": sum(1 for im in images if im.fixed), "kept": sum(1 for im in images if im.kept),
+            "mean_before": float(sum(scored) / len(scored)) if scored else None,
+            "mean_after_fix": float(sum(final) / len(final)) if final else None}
+
+
+def write_refined_version(datasets_dir: str, previous: str, images: list[RefineImage], pixels: list, *,
+                          provenance: dict, subfolder: str = REFINE_SUBFOLDER) -> tuple[int, str, str]:
+    """A new dataset version ``datasets_dir/vN``: ``previous`` as it is (hard links, else copies) plus
+    ``<subfolder>/`` with the kept images (PNG + their ``caption``) and ``provenance.json`` (every
+    test image, kept or not, with its scores). ``previous`` is never changed. Returns (version,
+    folder, sub-folder name)."""
+    from .growth import write_version
+    if len(pixels) != len(images):
+        raise ValueError(f"{len(pixels)} images for {len(images)} records")
+    kept = [(im, px) for im, px in zip(images, pixels) if im.kept]
+    entries = [(f"{im.layer}_{im.index:04d}", px, im.caption) for im, px in kept]
+
+    def prov(sub_rel: str, files: list[str]) -> dict:
+        for (im, _), f in zip(kept, files):
+            im.file = f
+        return {**provenance, "step": "refine", "previous_version": previous, "subfolder": sub_rel,
+                "images": [im.to_dict() for im in images]}
+
+    version, folder, sub, _ = write_version(datasets_dir, subfolder, entries, previous=previous, provenance=prov)
+    return version, folder, sub
 
 
 # ---------------------------------------------------------------------------- the training launcher

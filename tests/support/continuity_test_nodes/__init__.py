@@ -1,4 +1,5 @@
-"""Test-only ComfyUI node pack: tiny random-weight MODEL, CLIP and VAE (never shipped to users).
+"""Test-only ComfyUI node pack: tiny random-weight MODEL, CLIP and VAE, and a stand-in face model
+(never shipped to users).
 
 The tests link this folder into the test ComfyUI's custom_nodes beside Continuity, so graphs can
 run real sampling without any downloaded weights.
@@ -31,4 +32,21 @@ class ContinuityTestTinyModels:
         return _models(seed, inpaint_model)
 
 
-NODE_CLASS_MAPPINGS = {"ContinuityTestTinyModels": ContinuityTestTinyModels}
+class ContinuityTestCentreFaceModel:
+    """A CONTINUITY_FACE_MODEL whose face is the centre of any image (tests/support/fake_face_model.py)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CONTINUITY_FACE_MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        import fake_face_model
+        return (fake_face_model.CentreFaceModel(),)
+
+
+NODE_CLASS_MAPPINGS = {"ContinuityTestTinyModels": ContinuityTestTinyModels,
+                       "ContinuityTestCentreFaceModel": ContinuityTestCentreFaceModel}
