@@ -379,6 +379,10 @@ class FaceFix(io.ComfyNode):
                                 tooltip="Positive prompt text, encoded with clip. With a character, its trigger word "
                                         "and class phrase are put first unless the text already contains the "
                                         "trigger word."),
+                io.Boolean.Input("keep_only_if_better", default=True, optional=True,
+                                 tooltip="With which = character: the fixed face is scored against the character "
+                                         "again, and where the fix lowered its similarity (or lost the face) the "
+                                         "original image is kept. The report gives both similarities."),
             ],
             outputs=[
                 io.Image.Output("fixed", display_name="image", is_output_list=False,
@@ -408,7 +412,7 @@ class FaceFix(io.ComfyNode):
     def execute(cls, face_model, image, model, negative, vae, which, index, regions, grow, min_face,
                 context, min_size, target_size, padding, seed, steps, cfg, sampler_name, scheduler, denoise_1,
                 denoise_2, feather, colour_match, positive=None, model_2=None, character=None, lora_strength=0.8,
-                clip=None, prompt="") -> io.NodeOutput:
+                clip=None, prompt="", keep_only_if_better=True) -> io.NodeOutput:
         from ..continuity.faces import masks as cmasks
         if not hasattr(face_model, "detect") or not hasattr(face_model, "parser"):
             raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
@@ -427,13 +431,19 @@ class FaceFix(io.ComfyNode):
                 return chosen
             match = chooser.match(rgb, found, i)
             per_image.append(match.describe(i) + ("" if match.chosen is not None else "; passed through unchanged"))
+            if match.chosen is not None:
+                before[i] = (match.chosen.box, match.best_similarity)
             return [match.chosen] if match.chosen is not None else []
 
+        before: dict[int, tuple] = {}
         results, masks, count = face_fix(
             face_model, image, model, positive, negative, vae, which=which, index=index, regions=regions, grow=grow,
             min_face=min_face, context=context, min_size=min_size, target_size=target_size, padding=padding,
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise_1=denoise_1,
             denoise_2=denoise_2, feather=feather, colour_match=colour_match, model_2=model_2, choose=choose)
+        if before:
+            count -= _check_identity_after_fix(chooser, face_model, image, results, masks, before, min_face,
+                                               bool(keep_only_if_better), per_image)
         report = "\n".join(lines + per_image + [f"faces fixed: {count}"])
         sizes = {tuple(r.shape[1:]) for r in results}
         if len(sizes) == 1:
@@ -441,6 +451,47 @@ class FaceFix(io.ComfyNode):
                                  ui={"continuity_text": [report]})
         # images of different sizes cannot share a batch: give the first (ComfyUI runs lists per item)
         raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _check_identity_after_fix(chooser, face_model, images, results, masks, before, min_face: int,
+                              keep_only_if_better: bool, lines: list[str]) -> int:
+    """Scores each fixed face against the character again (the face found at the same place in the
+    fixed image). Where the fix lowered the similarity or lost the face and ``keep_only_if_better``
+    is set, the original image (and an empty mask) replaces the result. Returns how many fixes were
+    undone; adds a line per image to ``lines``."""
+    from ..continuity import faces as cf
+    frames = _common.split_images(images)
+    undone = 0
+    for i, (box, s0) in sorted(before.items()):
+        rgb = cf.as_uint8_rgb(results[i][0].numpy())
+        found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
+        s1 = None
+        if found:
+            match = chooser.match(rgb, found, i)
+            overlaps = [_box_iou(box, f.box) for f in match.faces]
+            j = int(np.argmax(overlaps)) if overlaps else None
+            if j is not None and overlaps[j] > 0.3:
+                s1 = match.similarities[j]
+        after = "face not found again" if s1 is None else f"{s1:.3f}"
+        worse = s1 is None or s1 < s0
+        if worse and keep_only_if_better:
+            results[i] = frames[i].detach().cpu().float()[None].clone()
+            masks[i] = torch.zeros_like(masks[i])
+            undone += 1
+            lines.append(f"image {i}: similarity {s0:.3f} before the fix, {after} after: original kept "
+                         "(keep_only_if_better)")
+        else:
+            lines.append(f"image {i}: similarity {s0:.3f} before the fix, {after} after"
+                         + (" (lower, kept: keep_only_if_better is off)" if worse else ""))
+    return undone
 
 
 def _character_conditioning(char, model, model_2, positive, clip, prompt: str, strength: float, lines: list[str]):
