@@ -454,6 +454,16 @@ def fix_faces_and_rescore(char, images: list[np.ndarray], scores: list[float | N
     return out
 
 
+def clip_style_embeddings(clip_vision, references: list[np.ndarray], candidates: list[np.ndarray]):
+    """CLIP image embeddings (``clip_vision.encode_image(...).image_embeds``, L2-normalised) of the
+    style references (each once) and of the candidates, as numpy arrays (m, d), (n, d)."""
+    from .scoring import clip_image_embeds
+    with torch.inference_mode():
+        ref_e = clip_image_embeds(clip_vision, [torch.from_numpy(np.ascontiguousarray(r)) for r in references])
+        cand_e = clip_image_embeds(clip_vision, [torch.from_numpy(np.ascontiguousarray(c)) for c in candidates])
+    return ref_e.float().cpu().numpy(), cand_e.float().cpu().numpy()
+
+
 # ----------------------------------------------------------------------------- Grow Character Layer
 
 class GrowCharacterLayer(io.ComfyNode):
@@ -471,7 +481,8 @@ class GrowCharacterLayer(io.ComfyNode):
                 "(ImagePadForOutpaint) and outpainted with inpaint conditioning and the character's latest LoRA; "
                 "the face is fixed (crop, two-pass inpaint, paste back; the fix is kept only if it does not lower "
                 "the identity score); every candidate is scored against the references (and, for animated "
-                "characters, on colour-statistics style); those above the profile's threshold go, with a "
+                "characters, on style: CLIP-I with a CLIP vision model connected, else colour statistics); those "
+                "above the profile's thresholds go, with a "
                 "provenance file, into a new dataset version of the profile, which is recorded in a new revision."
             ),
             is_input_list=True,
@@ -505,6 +516,15 @@ class GrowCharacterLayer(io.ComfyNode):
                                tooltip="Identity threshold; 0 uses the profile's (else the face model's own)."),
                 FaceModel.Input("face_model", optional=True, tooltip="Face model for detection and identity (default: dlib)."),
                 io.String.Input("filenames", optional=True, tooltip="Names of the images, for the provenance (from Load Image Folder)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="A CLIP vision model (Load CLIP Vision): each candidate also gets a CLIP-I style "
+                                            "score, the mean cosine of its image embedding to the style references' "
+                                            "(each embedded once per run); animated characters are then filtered on CLIP-I "
+                                            "instead of the colour statistics. Both scores are reported."),
+                io.Float.Input("clip_style_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="CLIP-I threshold for animated characters (with clip_vision); 0: the profile's "
+                                       "clip_style_threshold, else the style references' own (the lowest mean CLIP-I of a "
+                                       "style reference to the others; needs two or more), else the colour statistics decide."),
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile with the new dataset version recorded."),
@@ -519,7 +539,8 @@ class GrowCharacterLayer(io.ComfyNode):
     @_common.reports_errors("images")
     def execute(cls, character, images, model, clip, vae, from_layer, resolution, candidates, seed, steps, cfg,
                 sampler_name, scheduler, prompt, negative, feathering, lora_strength, fix_faces, fix_denoise,
-                fix_size, threshold, face_model=None, filenames=None) -> io.NodeOutput:
+                fix_size, threshold, face_model=None, filenames=None, clip_vision=None,
+                clip_style_threshold=None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
         import nodes as comfy_nodes
@@ -531,7 +552,7 @@ class GrowCharacterLayer(io.ComfyNode):
             candidates=candidates, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
             prompt=prompt, negative=negative, feathering=feathering, lora_strength=lora_strength,
             fix_faces=fix_faces, fix_denoise=fix_denoise, fix_size=fix_size, threshold=threshold,
-            face_model=face_model).items()}
+            face_model=face_model, clip_vision=clip_vision, clip_style_threshold=clip_style_threshold).items()}
         char = charlib.as_character(g["character"])
         srcs = _common.split_images(images)
         if not srcs:
@@ -611,13 +632,28 @@ class GrowCharacterLayer(io.ComfyNode):
         timings["fix_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         need_style = char.style == "animated"
-        if need_style:
-            style_refs = [__import__("PIL").Image.open(p).convert("RGB") for p in char.style_reference_images()]
-            style_refs = [np.asarray(r, np.float32) / 255.0 for r in style_refs]
+        cv = g["clip_vision"]
+        clip_thr, clip_thr_source = None, ""
+        if need_style or cv is not None:   # both scores are reported; animated characters are filtered on style
+            from PIL import Image as _PILImage
+            style_refs = [np.asarray(_PILImage.open(p).convert("RGB"), np.float32) / 255.0
+                          for p in char.style_reference_images()]
             cache: dict = {}
             for c, img in zip(cands, outs):
                 c.style = growth.style_similarity(img, style_refs, cache=cache)
-        growth.apply_filter(cands, threshold=thr, style_threshold=char.style_threshold, need_style=need_style)
+            if cv is not None:
+                ref_e, cand_e = clip_style_embeddings(cv, style_refs, outs)
+                for c, v in zip(cands, growth.clip_style_scores(cand_e, ref_e)):
+                    c.clip_style = float(v)
+                clip_thr, clip_thr_source = growth.clip_style_threshold(
+                    g["clip_style_threshold"], getattr(char, "clip_style_threshold", None), ref_e)
+        growth.apply_filter(cands, threshold=thr, style_threshold=char.style_threshold, need_style=need_style,
+                            clip_style_threshold=clip_thr)
+        style_info = {"filtered": need_style,
+                      "metric": (cands[0].style_metric if cands else "") if need_style else "",
+                      "colour_threshold": char.style_threshold if need_style else None,
+                      "clip_i": cv is not None, "clip_threshold": clip_thr,
+                      "clip_threshold_source": clip_thr_source}
         timings["style_filter_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         prev = char.latest_dataset()
@@ -631,7 +667,8 @@ class GrowCharacterLayer(io.ComfyNode):
                       "prompt": text, "negative": g["negative"], "lora": lora_note, "steps": g["steps"],
                       "cfg": g["cfg"], "sampler": g["sampler_name"], "scheduler": g["scheduler"],
                       "resolution": g["resolution"], "scale": scale, "face_model": getattr(emb, "name", ""),
-                      "threshold": thr, "style_threshold": char.style_threshold if need_style else None}
+                      "threshold": thr, "style_threshold": char.style_threshold if need_style else None,
+                      "style": style_info}
         result = growth.write_layer(os.path.join(char.folder, "datasets"), layer, cands, outs, previous=prev_dir,
                                     caption=growth.LAYER_PROMPT[layer], provenance=provenance)
         new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
@@ -639,14 +676,15 @@ class GrowCharacterLayer(io.ComfyNode):
                                      extra={"layer": layer, "kept": result.kept, "candidates": len(cands)})
         timings["write_s"] = time.perf_counter() - t0
         report = json.dumps({"layer": layer, "dataset_version": result.version, "dataset_path": result.folder,
-                             "kept": result.kept, "lora": lora_note,
+                             "kept": result.kept, "lora": lora_note, "style": style_info,
                              "timings": {k: round(v, 3) for k, v in timings.items()},
                              "candidates": [dict(c.to_dict(), fix_note=getattr(c, "fix_note", "")) for c in cands]},
                             indent=1, default=str)
         kept = [_common.np_to_image(o) for c, o in zip(cands, outs) if c.kept]
         every = [_common.np_to_image(o) for o in outs]
         return io.NodeOutput(new, kept, every, report, result.folder,
-                             ui={"text": [f"{layer}: kept {result.kept} of {len(cands)} -> {result.folder}"]})
+                             ui={"text": [f"{layer}: kept {result.kept} of {len(cands)} -> {result.folder}"
+                                          + (f" (style filter: {style_info['metric']})" if need_style else "")]})
 
 
 def confine_dataset(path: str, input: str = "dataset_path") -> str:

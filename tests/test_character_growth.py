@@ -52,6 +52,47 @@ def test_filter_reasons():
     assert [c.kept for c in cs] == [True, False, False, True]
 
 
+def test_clip_style_cosine_math_and_threshold():
+    refs = np.array([[1.0, 0, 0], [0.8, 0.6, 0], [1.2, 0, 1.6]])      # the last one not unit length (0.6, 0, 0.8)
+    cands = np.array([[2.0, 0, 0], [0, 3.0, 0], [0.6, 0, 0.8]])
+    got = growth.clip_style_scores(cands, refs)
+    assert got == pytest.approx([(1 + 0.8 + 0.6) / 3, (0 + 0.6 + 0) / 3, (0.6 + 0.48 + 1) / 3], abs=1e-9)
+    rng = np.random.default_rng(0)
+    c, r = rng.normal(size=(5, 16)), rng.normal(size=(4, 16))
+    brute = [np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in r]) for a in c]
+    assert growth.clip_style_scores(c, r) == pytest.approx(brute, abs=1e-9)
+    assert growth.clip_style_scores(r[:1] * 7, r[:1]) == pytest.approx([1.0])   # scale does not matter
+    # leave-one-out: refs' pairwise cosines 0.8, 0.6, 0.48 -> means 0.7, 0.64, 0.54 -> the lowest
+    assert growth.clip_style_baseline(refs) == pytest.approx(0.54)
+    assert growth.clip_style_baseline(refs[:1]) is None
+    assert growth.clip_style_threshold(0.3, 0.5, refs) == (0.3, "input")
+    assert growth.clip_style_threshold(0.0, 0.5, refs) == (0.5, "profile")
+    thr, src = growth.clip_style_threshold(0.0, None, refs)
+    assert thr == pytest.approx(0.54) and src.startswith("references")
+    thr, src = growth.clip_style_threshold(None, None, refs[:1])
+    assert thr is None and "colour statistics" in src
+    with pytest.raises(ContinuityError, match="dimensions"):
+        growth.clip_style_scores(c, r[:, :8])
+
+
+def test_filter_uses_clip_i_when_given():
+    def cands():
+        return [growth.Candidate("a", 0, 0, (8, 8), face_found=True, identity=0.9, style=0.1, clip_style=0.95),
+                growth.Candidate("a", 1, 1, (8, 8), face_found=True, identity=0.9, style=0.99, clip_style=0.5),
+                growth.Candidate("a", 2, 2, (8, 8), face_found=True, identity=0.9, style=0.99)]
+    cs = growth.apply_filter(cands(), threshold=0.8, style_threshold=0.75, need_style=True, clip_style_threshold=0.9)
+    assert [c.kept for c in cs] == [True, False, False]
+    assert cs[1].reason == "CLIP-I style 0.500 < 0.900" and cs[2].reason.startswith("CLIP-I style nan")
+    assert all(c.style_metric == "clip_i" and c.clip_style_threshold == 0.9 for c in cs)
+    # no CLIP-I threshold: the colour statistics decide, as before
+    cs = growth.apply_filter(cands(), threshold=0.8, style_threshold=0.75, need_style=True)
+    assert [c.kept for c in cs] == [False, True, True] and cs[0].reason == "style 0.100 < 0.750"
+    assert all(c.style_metric == "colour" for c in cs)
+    # realistic characters: scores reported, no style filter
+    cs = growth.apply_filter(cands(), threshold=0.8, style_threshold=0.75, need_style=False, clip_style_threshold=0.9)
+    assert all(c.kept and c.style_metric == "" and c.clip_style_threshold is None for c in cs)
+
+
 def _square(path, side):
     img = Image.open(path).convert("RGB")
     w, h = img.size
@@ -127,3 +168,94 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     v2 = res.value("4", 4)
     assert sorted(os.listdir(os.path.join(v2, "closeup_portrait"))) == before
     assert os.path.isfile(os.path.join(v2, "closeup_portrait_2", "provenance.json"))
+
+
+TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
+                    "image_size": 56, "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 64,
+                    "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
+                    "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 48,
+                    "torch_dtype": "float32"}
+
+
+@pytest.mark.comfy
+def test_grow_layer_clip_i_style_with_a_tiny_clip_vision_model(comfy, faces_dir, tmp_path):
+    """An animated character with a CLIP vision model connected: every candidate gets both style scores,
+    the CLIP-I one is the mean cosine of ComfyUI's image embeddings, and the filter uses CLIP-I against
+    the style references' own leave-one-out threshold. The CLIP vision model is ComfyUI's
+    ClipVisionModel with a small config and seeded random weights (the same in the graph and here)."""
+    import importlib
+
+    import torch
+
+    import tiny_models
+    clip_vision_mod = importlib.import_module("comfy.clip_vision")
+    from continuity import character as charlib
+    root = str(comfy.base / "output" / "continuity" / "characters")
+    refs = [np.asarray(_square(faces_dir / f, 256), np.float32) / 255 for f in ("img1.jpg", "img2.jpg")]
+    style = [np.asarray(_square(faces_dir / f, 128), np.float32) / 255 for f in ("img1.jpg", "img5.jpg", "img13.jpg")]
+    charlib.save_profile(root, "bea", trigger_word="b3a", class_phrase="cartoon girl", style="animated",
+                         references=refs, style_references=style)
+    layer_dir = comfy.base / "input" / "bea_closeups"
+    layer_dir.mkdir(parents=True, exist_ok=True)
+    _square(faces_dir / "img4.jpg", 96).save(layer_dir / "a.png")
+    config = json.dumps(TINY_CLIP_VISION)
+    graph = {
+        "1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "bea", "revision": 0}},
+        "2": {"class_type": "ContinuityLoadImageFolder",
+              "inputs": {"folder": "bea_closeups", "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                         "caption_extension": ".txt"}},
+        "3": {"class_type": "ContinuityTestTinyModels", "inputs": {"seed": 0, "inpaint_model": True}},
+        "6": {"class_type": "ContinuityTestTinyClipVision", "inputs": {"config": config, "seed": 7}},
+        "4": {"class_type": "ContinuityGrowCharacterLayer",
+              "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
+                         "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 144,
+                         "candidates": 3, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                         "scheduler": "normal", "prompt": "", "negative": "", "feathering": 8,
+                         "lora_strength": 0.8, "fix_faces": False, "fix_denoise": 0.5, "fix_size": 64,
+                         "threshold": -1.0, "clip_vision": ["6", 0]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 2]}},
+    }
+    res = comfy.run(graph)
+    report = json.loads(res.value("4", 3))
+    every = res.outputs["4"][2]
+    cands = report["candidates"]
+    assert len(cands) == 3 and len(every) == 3
+    # the same CLIP vision model, built here: the embeddings the node must have used
+    p = tmp_path / "clip_vision.json"
+    p.write_text(config)
+    cv = clip_vision_mod.ClipVisionModel(str(p))
+    tiny_models._fill(cv.model, 7, scale=0.05)
+
+    def embed(img):
+        with torch.inference_mode():
+            e = cv.encode_image(img[None] if img.ndim == 3 else img, crop=True)["image_embeds"].float()
+        return torch.nn.functional.normalize(e.reshape(1, -1), dim=-1)[0].numpy()
+    char = charlib.load_profile(root, "bea")
+    style_arrays = [np.asarray(Image.open(f).convert("RGB"), np.float32) / 255 for f in char.style_reference_images()]
+    ref_e = np.stack([embed(torch.from_numpy(a)) for a in style_arrays])
+    thr = growth.clip_style_baseline(ref_e)
+    assert report["style"]["metric"] == "clip_i" and report["style"]["clip_threshold"] == pytest.approx(thr, abs=1e-5)
+    assert report["style"]["clip_threshold_source"].startswith("references")
+    for c, t in zip(cands, every):
+        e = embed(t[0])
+        assert c["clip_style"] == pytest.approx(float(np.mean(ref_e @ e)), abs=1e-4)
+        assert c["style"] is not None and 0 <= c["style"] <= 1            # the colour statistics, reported too
+        assert c["style_metric"] == "clip_i"
+        passes = c["face_found"] and c["clip_style"] >= report["style"]["clip_threshold"]
+        assert c["kept"] == passes, c
+        if c["face_found"] and not passes:
+            assert c["reason"].startswith("CLIP-I style")
+    prov = json.load(open(os.path.join(report["dataset_path"], "closeup_portrait", "provenance.json")))
+    assert prov["style"]["metric"] == "clip_i" and all("clip_style" in c for c in prov["candidates"])
+    # the threshold input wins over the references' own; put it between the candidates' scores (random
+    # weights put every image's embedding close together): some kept, some not, on CLIP-I alone (their
+    # colour scores are far below the profile's colour threshold, which no longer applies)
+    scores = sorted(c["clip_style"] for c in cands)
+    assert scores[-1] - scores[0] > 1e-6
+    mid = (scores[0] + scores[-1]) / 2
+    graph["4"]["inputs"]["clip_style_threshold"] = mid
+    report2 = json.loads(comfy.run(graph).value("4", 3))
+    assert report2["style"]["clip_threshold"] == pytest.approx(mid) and report2["style"]["clip_threshold_source"] == "input"
+    kept = [c["kept"] for c in report2["candidates"]]
+    assert kept == [c["face_found"] and c["clip_style"] >= mid for c in cands] and any(kept) and not all(kept)
+    assert all(c["style"] < report2["style"]["colour_threshold"] for c in report2["candidates"] if c["kept"])

@@ -4,8 +4,9 @@ Each layer is made from the previous one by outpainting a larger canvas around e
 node does the sampling with ComfyUI's own padding and inpaint conditioning), fixing faces,
 scoring each candidate against the references (and, for animated characters, the style
 references), and keeping those above the profile's thresholds for review. This module holds the
-ComfyUI-free parts: the framing ladder and canvas geometry, the colour-statistics style score,
-the filter, and writing the layer with its provenance into a new dataset version.
+ComfyUI-free parts: the framing ladder and canvas geometry, the colour-statistics style score, the
+CLIP-I style score's arithmetic and threshold, the filter, and writing the layer with its provenance
+into a new dataset version.
 """
 from __future__ import annotations
 
@@ -142,6 +143,55 @@ def style_similarity(candidate: np.ndarray, references: list[np.ndarray], *, cac
     return float(np.mean(sims))
 
 
+def _unit_rows(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ContinuityError(f"expected {what} as a (n, d) array of embeddings, got shape {x.shape}", input="clip_vision")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def clip_style_scores(candidates: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """CLIP-I: for each candidate embedding (n, d), the mean cosine similarity to the reference
+    embeddings (m, d) (image embeddings of a CLIP vision model; any scale, normalised here). (n,)"""
+    c = _unit_rows(candidates, "the candidates")
+    r = _unit_rows(references, "the style references")
+    if c.shape[1] != r.shape[1]:
+        raise ContinuityError(f"the candidate embeddings have {c.shape[1]} dimensions, the references' {r.shape[1]}",
+                              input="clip_vision")
+    return (c @ r.T).mean(axis=1)
+
+
+def clip_style_baseline(references: np.ndarray) -> float | None:
+    """How alike the style references are to each other: each reference's mean CLIP-I to the *other*
+    references (leave one out), and the lowest of those (the least typical reference). None with
+    fewer than two references."""
+    r = _unit_rows(references, "the style references")
+    m = r.shape[0]
+    if m < 2:
+        return None
+    sims = r @ r.T
+    loo = (sims.sum(axis=1) - np.diag(sims)) / (m - 1)
+    return float(loo.min())
+
+
+def clip_style_threshold(node_value: float | None, profile_value: float | None,
+                         references: np.ndarray) -> tuple[float | None, str]:
+    """The CLIP-I threshold and where it comes from: the node's input (> 0), else the profile's
+    ``clip_style_threshold``, else the style references' own :func:`clip_style_baseline` (a candidate
+    must be at least as close to the references as the least typical of them is to the rest), else
+    None (one style reference and nothing set: the colour statistics decide)."""
+    if node_value is not None and node_value > 0:
+        return float(node_value), "input"
+    if profile_value is not None:
+        return float(profile_value), "profile"
+    base = clip_style_baseline(references)
+    if base is not None:
+        return base, "references (lowest leave-one-out mean CLIP-I of the style references)"
+    return None, "none (one style reference and no threshold set): filtered on colour statistics"
+
+
 # ---------------------------------------------------------------------------- the filter
 
 @dataclass
@@ -156,8 +206,11 @@ class Candidate:
     identity: float | None = None       # mean similarity to the references (face model)
     model: str = ""
     threshold: float | None = None
-    style: float | None = None          # style similarity (animated characters)
+    style: float | None = None          # colour-statistics style similarity
     style_threshold: float | None = None
+    clip_style: float | None = None     # CLIP-I: mean cosine of its CLIP image embedding to the style references'
+    clip_style_threshold: float | None = None
+    style_metric: str = ""              # what the style filter used: "clip_i", "colour" ("" : no style filter)
     kept: bool = False
     reason: str = ""
     file: str = ""
@@ -167,16 +220,27 @@ class Candidate:
 
 
 def apply_filter(cands: list[Candidate], *, threshold: float | None, style_threshold: float | None,
-                 need_style: bool) -> list[Candidate]:
-    """Mark each candidate kept or not, with the reason; returns the same list."""
+                 need_style: bool, clip_style_threshold: float | None = None) -> list[Candidate]:
+    """Mark each candidate kept or not, with the reason; returns the same list.
+
+    With ``need_style``, the style filter uses CLIP-I (``c.clip_style``) against
+    ``clip_style_threshold`` when that is given, else the colour statistics (``c.style``) against
+    ``style_threshold``.
+    """
+    use_clip = need_style and clip_style_threshold is not None
     for c in cands:
         c.threshold = threshold
         c.style_threshold = style_threshold if need_style else None
+        c.clip_style_threshold = clip_style_threshold if need_style else None
+        c.style_metric = ("clip_i" if use_clip else "colour") if need_style else ""
         if not c.face_found or c.identity is None:
             c.kept, c.reason = False, "no face found" if not c.face_found else "face not scored"
         elif threshold is not None and c.identity < threshold:
             c.kept, c.reason = False, f"identity {c.identity:.3f} < threshold {threshold:.3f}"
-        elif need_style and style_threshold is not None and (c.style is None or c.style < style_threshold):
+        elif use_clip and (c.clip_style is None or c.clip_style < clip_style_threshold):
+            v = c.clip_style if c.clip_style is not None else float("nan")
+            c.kept, c.reason = False, f"CLIP-I style {v:.3f} < {clip_style_threshold:.3f}"
+        elif need_style and not use_clip and style_threshold is not None and (c.style is None or c.style < style_threshold):
             c.kept, c.reason = False, f"style {c.style if c.style is not None else float('nan'):.3f} < {style_threshold:.3f}"
         else:
             c.kept = True

@@ -67,6 +67,7 @@ class Character:
     thresholds: dict[str, float] = field(default_factory=dict)   # model -> min cosine similarity
     default_threshold: float | None = None                       # for models without their own
     style_threshold: float = 0.75                                # colour-statistics style similarity
+    clip_style_threshold: float | None = None                    # CLIP-I style (None: from the style references)
     datasets: list[dict] = field(default_factory=list)           # {"version", "path", "note", ...}
     loras: list[dict] = field(default_factory=list)              # {"name", "path", "stage", "dataset_version", ...}
     notes: str = ""
@@ -375,7 +376,8 @@ def save_profile(root: str, name: str, *, trigger_word: str | None = None, class
                  style: str | None = None, references: Sequence[np.ndarray] = (),
                  style_references: Sequence[np.ndarray] = (), replace_references: bool = False,
                  thresholds: dict[str, float] | None = None, default_threshold: float | None = None,
-                 style_threshold: float | None = None, notes: str | None = None,
+                 style_threshold: float | None = None, clip_style_threshold: float | None = None,
+                 notes: str | None = None,
                  embeddings: dict[str, np.ndarray] | None = None, action: str | None = None,
                  summary: str = "") -> Character:
     """Create the profile ``name`` or append a revision with the given fields changed.
@@ -411,6 +413,8 @@ def save_profile(root: str, name: str, *, trigger_word: str | None = None, class
             char.default_threshold = float(default_threshold)
         if style_threshold is not None:
             char.style_threshold = float(style_threshold)
+        if clip_style_threshold is not None:
+            char.clip_style_threshold = float(clip_style_threshold)
         if emb_records:
             char.embeddings = {**char.embeddings, **emb_records}
         return char, _diff(latest, char)

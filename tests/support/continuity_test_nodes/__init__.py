@@ -1,5 +1,5 @@
-"""Test-only ComfyUI node pack: tiny random-weight MODEL, CLIP and VAE, and a stand-in face model
-(never shipped to users).
+"""Test-only ComfyUI node pack: tiny random-weight MODEL, CLIP, VAE and CLIP vision models, and a
+stand-in face model (never shipped to users).
 
 The tests link this folder into the test ComfyUI's custom_nodes beside Continuity, so graphs can
 run real sampling without any downloaded weights.
@@ -48,5 +48,37 @@ class ContinuityTestCentreFaceModel:
         return (fake_face_model.CentreFaceModel(),)
 
 
+@functools.lru_cache(maxsize=4)
+def _clip_vision(config: str, seed: int):
+    import tempfile
+
+    import comfy.clip_vision
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        fh.write(config)
+    try:
+        cv = comfy.clip_vision.ClipVisionModel(fh.name)
+    finally:
+        os.unlink(fh.name)
+    tiny_models._fill(cv.model, seed, scale=0.05)
+    return cv
+
+
+class ContinuityTestTinyClipVision:
+    """A random-weight CLIP_VISION built from ComfyUI's ClipVisionModel with the given config JSON."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"config": ("STRING", {"default": "{}", "multiline": True}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, config, seed):
+        return (_clip_vision(config, seed),)
+
+
 NODE_CLASS_MAPPINGS = {"ContinuityTestTinyModels": ContinuityTestTinyModels,
-                       "ContinuityTestCentreFaceModel": ContinuityTestCentreFaceModel}
+                       "ContinuityTestCentreFaceModel": ContinuityTestCentreFaceModel,
+                       "ContinuityTestTinyClipVision": ContinuityTestTinyClipVision}
