@@ -182,6 +182,12 @@ class SaveCharacter(io.ComfyNode):
                                  tooltip="Replace the reference list with the new images instead of adding to it (old files stay)."),
                 io.Float.Input("model_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Threshold for the connected face model only; 0 sets none."),
+                io.Float.Input("style_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Colour-statistics style similarity an animated character's images must reach "
+                                       "(Grow Character Layer without a CLIP vision model); 0 keeps it (0.75 for a new profile)."),
+                io.Float.Input("clip_style_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="CLIP-I style similarity (with a CLIP vision model); 0 keeps it (a new profile has "
+                                       "none: the style references' own lowest leave-one-out CLIP-I is used)."),
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile at its new revision."),
@@ -192,7 +198,8 @@ class SaveCharacter(io.ComfyNode):
     @classmethod
     @_common.reports_errors("name")
     def execute(cls, name, trigger_word, class_phrase, style, threshold, notes, character=None, references=None,
-                style_references=None, face_model=None, replace_references=None, model_threshold=None) -> io.NodeOutput:
+                style_references=None, face_model=None, replace_references=None, model_threshold=None,
+                style_threshold=None, clip_style_threshold=None) -> io.NodeOutput:
         name = (_first(name) or "").strip()
         char_in = charlib.as_character(_first(character))
         if not name:
@@ -223,7 +230,8 @@ class SaveCharacter(io.ComfyNode):
             root, name, trigger_word=_first(trigger_word), class_phrase=_first(class_phrase),
             style=None if style == "keep" else style, references=refs, style_references=style_refs,
             replace_references=bool(_first(replace_references)), thresholds=thresholds or None,
-            default_threshold=(_first(threshold) or None), notes=_first(notes), embeddings=embeddings or None)
+            default_threshold=(_first(threshold) or None), notes=_first(notes), embeddings=embeddings or None,
+            style_threshold=(_first(style_threshold) or None), clip_style_threshold=(_first(clip_style_threshold) or None))
         return io.NodeOutput(char, char.summary(), ui={"text": [char.summary()]})
 
 

@@ -96,6 +96,23 @@ def test_save_load_update_record_through_graphs(comfy):
         "manifest/000001.json", "manifest/000002.json", "manifest/000003.json"]
 
 
+def test_save_character_sets_the_style_thresholds(comfy):
+    _write_refs(comfy, "char_refs_style", n=1, seed=3)
+    res = comfy.run({"1": _load_folder("char_refs_style"),
+                     "2": _save("toon", "1", style="animated", style_threshold=0.82, clip_style_threshold=0.6)})
+    char = res.value("2", 0)
+    assert char.style_threshold == pytest.approx(0.82) and char.clip_style_threshold == pytest.approx(0.6)
+    # 0 keeps what the profile has; a new value makes a new revision
+    res = comfy.run({"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "toon", "revision": 0}},
+                     "2": _save("", None, character=["1", 0], notes="kept thresholds"),
+                     "3": _save("", None, character=["2", 0], clip_style_threshold=0.7)})
+    kept, changed = res.value("2", 0), res.value("3", 0)
+    assert kept.revision == 2 and kept.style_threshold == pytest.approx(0.82)
+    assert kept.clip_style_threshold == pytest.approx(0.6)
+    assert changed.revision == 3 and changed.clip_style_threshold == pytest.approx(0.7)
+    assert changed.style_threshold == pytest.approx(0.82)
+
+
 def test_errors_name_node_and_input(comfy):
     # a new profile without references
     res = comfy.run({"1": _save("nobody")}, expect_success=False)
