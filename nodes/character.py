@@ -368,7 +368,6 @@ def _encode_text(clip, text: str):
 def _apply_character_lora(char, model, clip, strength: float) -> tuple[object, object, str]:
     """The character's latest LoRA applied to model and clip, if it is in ComfyUI's loras folder."""
     import comfy.sd
-    import comfy.utils
     import folder_paths
     lora = char.latest_lora()
     if lora is None or strength == 0:
@@ -376,9 +375,24 @@ def _apply_character_lora(char, model, clip, strength: float) -> tuple[object, o
     path = folder_paths.get_full_path("loras", lora["name"])
     if path is None:
         return model, clip, f"LoRA '{lora['name']}' is not in the loras folder; sampled without it"
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    model, clip = comfy.sd.load_lora_for_models(model, clip, sd, strength, strength)
+    model, clip = comfy.sd.load_lora_for_models(model, clip, _load_lora_file(path), strength, strength)
     return model, clip, f"LoRA {lora['name']} at {strength}"
+
+
+_last_lora: dict = {}
+
+
+def _load_lora_file(path: str) -> dict:
+    """The LoRA's state dict; the last one read is kept (as ComfyUI's LoraLoader does), so applying it
+    to a second model, or again in the next run, does not read the file again. Keyed by the file's
+    path, size and modification time, so a retrained LoRA under the same name is read anew."""
+    import comfy.utils
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if _last_lora.get("key") != key:
+        _last_lora.clear()
+        _last_lora.update(key=key, sd=comfy.utils.load_torch_file(path, safe_load=True))
+    return _last_lora["sd"]
 
 
 def _scorer(face_model):
@@ -711,9 +725,7 @@ REFINE_FIX_DENOISE = 0.45
 
 def _lora_models(model, clip, lora_path: str, strength: float = 1.0):
     import comfy.sd
-    import comfy.utils
-    lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
-    return comfy.sd.load_lora_for_models(model, clip, lora, strength, strength)
+    return comfy.sd.load_lora_for_models(model, clip, _load_lora_file(lora_path), strength, strength)
 
 
 def generate_test_images(char, model, clip, vae, lora_path: str, n: int, side: int, steps: int,
@@ -725,7 +737,7 @@ def generate_test_images(char, model, clip, vae, lora_path: str, n: int, side: i
     import nodes as comfy_nodes
 
     from ..continuity.character import growth
-    m, c = _lora_models(model, clip, lora_path)
+    m, c = _lora_models(model, clip, lora_path)      # the file is read once (_load_lora_file)
     neg = None
     images, prompts, layers = [], [], []
     for i in range(n):
@@ -926,6 +938,7 @@ class CharacterTrainingPlan(io.ComfyNode):
     def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",
                 job_prefix="", model=None, clip=None, vae=None, eval_images=0, eval_resolution=1024, eval_steps=25,
                 face_model=None, refine_images=8) -> io.NodeOutput:
+        import comfy.model_management
         import comfy.utils
         import folder_paths
 
@@ -1015,7 +1028,8 @@ class CharacterTrainingPlan(io.ComfyNode):
         try:
             results = planlib.run_plan(the_plan, dataset_dir=ds_dir, make_job=counted_make, launch=launch,
                                        on_stage_done=record_stage, evaluate=evaluate, refine=refine,
-                                       interrupted=_throw_if_interrupted)
+                                       interrupted=_throw_if_interrupted,
+                                       passthrough=(comfy.model_management.InterruptProcessingException,))
         except planlib.PlanFailed as exc:
             charlib.record(root, char.name, action="plan_failed", summary=exc.message.splitlines()[0], changes={})
             raise

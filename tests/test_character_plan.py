@@ -336,3 +336,44 @@ def test_evaluation_error_keeps_the_stage(tmp_path):
                            evaluate=evaluate)
     assert len(res) == 1 and os.path.isfile(res[0].lora_path)
     assert "consistency report failed: no face found" in res[0].report["error"]
+
+
+class _Cancelled(Exception):
+    """Stands for the host's 'user pressed Cancel' exception (ComfyUI's InterruptProcessingException)."""
+
+
+@pytest.mark.parametrize("where", ["report", "training", "refine"])
+def test_cancel_stops_the_plan_and_keeps_what_was_trained(tmp_path, where):
+    d = _dataset(str(tmp_path / "ds"), {"closeup": 2, "expressions": 1})
+    fake = FakeLauncher(str(tmp_path))
+    recorded = []
+    plan = planlib.parse_plan('{"stages": [{"name": "first", "subsets": ["*"]}, '
+                              '{"name": "second", "subsets": ["*"], "refine": true}, {"name": "third", "subsets": ["*"]}]}')
+    launch = fake.launch
+
+    def evaluate(stage, lora):
+        if where == "report" and stage.name == "first":
+            raise _Cancelled()
+        return {"mean": 0.5}
+
+    def refine(stage, prev, ds):
+        if where == "refine":
+            raise _Cancelled()
+        return ds
+
+    def launching(job):
+        if where == "training" and job.stage == "second":
+            raise _Cancelled()
+        return launch(job)
+
+    with pytest.raises(_Cancelled):        # as it is: not a failed stage, not a failed report
+        planlib.run_plan(plan, dataset_dir=d, make_job=fake.make_job, launch=launching, evaluate=evaluate,
+                         refine=refine, on_stage_done=lambda r: recorded.append(r) or 1, passthrough=(_Cancelled,))
+    # the first stage's LoRA is recorded in every case (its report says it was cancelled when it was)
+    assert [r.name for r in recorded] == ["first"]
+    if where == "report":
+        assert recorded[0].report == {"error": "the consistency report was cancelled"}
+        assert [j["stage"] for j in fake.jobs] == ["first"]
+    else:
+        assert recorded[0].report == {"mean": 0.5}
+    assert "third" not in [j["stage"] for j in fake.jobs]

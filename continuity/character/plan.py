@@ -207,8 +207,12 @@ OnStageDone = Callable[[StageResult], "int | None"]         # record it; returns
 def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch, evaluate: Evaluate | None = None,
              refine: Refine | None = None, on_stage_done: OnStageDone | None = None,
              initial_weights: str | None = None, interrupted: Callable[[], None] | None = None,
-             job_name: Callable[[Stage, int], str] | None = None) -> list[StageResult]:
+             job_name: Callable[[Stage, int], str] | None = None,
+             passthrough: tuple[type[BaseException], ...] = ()) -> list[StageResult]:
     """Run every stage in order; each stage's LoRA is the next stage's ``network_weights``.
+
+    ``passthrough``: exception types that stop the plan as they are (the host's "user pressed
+    Cancel" exception), instead of being reported as a failed stage or a failed report.
 
     Subsets are checked for every stage before anything is launched (an empty subset is an
     error that names it and lists the folders the dataset has), except stages after a ``refine``,
@@ -241,16 +245,20 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
                 raise ContinuityError(f"subsets {st.subsets} select no image in {current_dir}")
             job = make_job(st, i, items, weights, current_dir)
             lora = launch(job)
+        except passthrough:
+            raise
         except Exception as exc:
             kept = "; ".join(f"stage {r.index} ('{r.name}') LoRA {os.path.basename(r.lora_path)}" for r in results)
             msg = (f"stage {i} of {len(plan.stages)} ('{st.name}') failed, so the plan stopped: "
                    f"{getattr(exc, 'message', None) or exc}")
             msg += f"\nKept: {kept}." if kept else "\nNo stage had finished; nothing was recorded."
             raise PlanFailed(msg, results=results) from exc
-        report = {}
+        report, stop = {}, None
         if evaluate:
             try:   # a trained LoRA is never thrown away because its test images could not be scored
                 report = evaluate(st, lora)
+            except passthrough as exc:          # cancelled: the LoRA is recorded, then the plan stops
+                report, stop = {"error": "the consistency report was cancelled"}, exc
             except Exception as exc:
                 report = {"error": f"the consistency report failed: {getattr(exc, 'message', None) or exc}"}
         res = StageResult(i, st.name, str(getattr(job, "job_id", job)), lora, weights, current_dir, len(items),
@@ -258,6 +266,8 @@ def run_plan(plan: Plan, *, dataset_dir: str, make_job: MakeJob, launch: Launch,
         if on_stage_done:
             res.revision = on_stage_done(res)
         results.append(res)
+        if stop is not None:
+            raise stop
         weights = lora
     return results
 
