@@ -471,6 +471,9 @@ def _check_identity_after_fix(chooser, face_model, images, results, masks, befor
     frames = _common.split_images(images)
     undone = 0
     for i, (box, s0) in sorted(before.items()):
+        if not bool(masks[i].any()):        # the chosen face's region mask was empty: nothing was changed
+            lines.append(f"image {i}: similarity {s0:.3f}; not fixed (the face's region mask was empty)")
+            continue
         rgb = cf.as_uint8_rgb(results[i][0].numpy())
         found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
         s1 = None

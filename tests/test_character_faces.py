@@ -98,12 +98,37 @@ def test_identity_from_portraits_is_computed_once_per_revision(tmp_path):
     assert emb.faces == 2 and first.threshold == 0.5 and "mean of 2 reference portrait(s)" in first.source
     assert abs(float(np.linalg.norm(first.vector)) - 1) < 1e-6
     again = ci.character_identity(load_profile(str(tmp_path), "kim"), emb, detector=det, cache=cache)
-    assert again is first and emb.faces == 2                      # the same revision: nothing recomputed
+    assert again.vector is first.vector and emb.faces == 2        # the same revision: nothing recomputed
     # a new revision with the same portraits: a new identity, but the portraits' embeddings come from
     # the content cache (shared with the scoring nodes)
     newer = save_profile(str(tmp_path), "kim", notes="n")
     third = ci.character_identity(newer, emb, detector=det, cache=cache)
     assert third is not first and emb.faces == 2 and np.allclose(third.vector, first.vector)
+
+
+def test_identity_of_a_profile_made_again_is_not_the_old_one(tmp_path):
+    """A profile deleted and saved again under the same name (revision 1 again): the threshold is the
+    new profile's, and a stored mean written anew is read anew."""
+    import shutil
+    from continuity.scoring.cache import EmbeddingCache
+    rng = np.random.default_rng(5)
+    refs = [rng.random((20, 16, 3)).astype(np.float32)]
+    emb, det, cache = _CountingEmbedder(), _BoxDetector(), EmbeddingCache()
+    ci.clear_cache()
+    old = save_profile(str(tmp_path), "rae", references=refs, thresholds={"fake": 0.9},
+                       embeddings={"fake": rng.standard_normal((2, 3)).astype(np.float32)})
+    first = ci.character_identity(old, emb, detector=det, cache=cache)
+    assert first.threshold == 0.9
+    shutil.rmtree(tmp_path / "rae")
+    new_vec = rng.standard_normal((2, 3)).astype(np.float32)
+    made_again = save_profile(str(tmp_path), "rae", references=refs, thresholds={"fake": 0.2},
+                              embeddings={"fake": new_vec})
+    assert made_again.revision == old.revision
+    second = ci.character_identity(made_again, emb, detector=det, cache=cache)
+    assert second.threshold == 0.2
+    stored = made_again.mean_embedding("fake")
+    assert "stored mean" in second.source and not np.allclose(second.vector, first.vector)
+    assert np.allclose(second.vector, stored / np.linalg.norm(stored), atol=1e-5)
 
 
 def test_identity_prefers_the_stored_mean(tmp_path):
@@ -439,19 +464,22 @@ def test_identity_guard_keeps_a_fix_that_does_not_lower_the_score(comfy):
     detector = SimpleNamespace(detect=lambda rgb, image_index=0: [face, other])
     chooser = SimpleNamespace(match=lambda rgb, faces, i: SimpleNamespace(faces=[face, other],
                                                                           similarities=[0.95, 0.99]))
-    src = torch.zeros((2, 64, 96, 3))
-    fixed = [torch.full((1, 64, 96, 3), 0.5), torch.full((1, 64, 96, 3), 0.5)]
-    masks = [torch.ones((1, 64, 96)), torch.ones((1, 64, 96))]
+    src = torch.zeros((3, 64, 96, 3))
+    fixed = [torch.full((1, 64, 96, 3), 0.5), torch.full((1, 64, 96, 3), 0.5), torch.zeros((1, 64, 96, 3))]
+    masks = [torch.ones((1, 64, 96)), torch.ones((1, 64, 96)), torch.zeros((1, 64, 96))]
     lines: list[str] = []
     # image 0 was 0.90 before (higher now: kept); image 1 was 0.97 (lower now: undone). The other
-    # face's 0.99 must not count: it is not at the fixed face's place.
+    # face's 0.99 must not count: it is not at the fixed face's place. Image 2's region mask was
+    # empty, so it was not fixed at all.
     undone = fixmod._check_identity_after_fix(chooser, detector, src, fixed, masks,
-                                              {0: (face.box, 0.90), 1: (face.box, 0.97)}, 16, True, lines)
+                                              {0: (face.box, 0.90), 1: (face.box, 0.97), 2: (face.box, 0.95)},
+                                              16, True, lines)
     assert undone == 1
     assert float(fixed[0].max()) == 0.5 and float(masks[0].max()) == 1.0
     assert float(fixed[1].max()) == 0.0 and float(masks[1].max()) == 0.0
     assert lines == ["image 0: similarity 0.900 before the fix, 0.950 after",
-                     "image 1: similarity 0.970 before the fix, 0.950 after: original kept (keep_only_if_better)"]
+                     "image 1: similarity 0.970 before the fix, 0.950 after: original kept (keep_only_if_better)",
+                     "image 2: similarity 0.950; not fixed (the face's region mask was empty)"]
 
 
 # ----------------------------------------------------------------------------- live server

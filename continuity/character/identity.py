@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -75,15 +75,19 @@ def character_identity(char, embedder, *, detector=None, cache: EmbeddingCache |
     """
     model = getattr(embedder, "name", None) or type(embedder).__name__
     dim = int(getattr(embedder, "dim", 0) or 0)
+    # the vector is cached; the threshold is read from the profile on every call. The key names the
+    # reference files (stored by content hash) and each stored embedding file with its size and time,
+    # so a profile deleted and made again under the same name and revision is not mistaken for the old.
     key = (os.path.realpath(char.folder) if char.folder else "", char.name, int(char.revision),
-           tuple(char.references), tuple(sorted((m, str(e.get("file"))) for m, e in char.embeddings.items())),
+           tuple(char.references), tuple(sorted((m, str(e.get("file")), _file_stamp(char.folder, e.get("file")))
+                                                for m, e in char.embeddings.items())),
            _embedder_key(embedder), _detector_key(detector))
+    threshold = char.threshold(model, float(getattr(embedder, "threshold", 0.0)))
     with _lock:
         hit = _identities.get(key)
         if hit is not None:
             _identities.move_to_end(key)
-            return hit
-    threshold = char.threshold(model, float(getattr(embedder, "threshold", 0.0)))
+            return replace(hit, threshold=float(threshold))
     stored = char.mean_embedding(model)
     if stored is not None and (not dim or stored.shape[-1] == dim):
         entry = char.embeddings.get(model) or {}
@@ -98,6 +102,14 @@ def character_identity(char, embedder, *, detector=None, cache: EmbeddingCache |
         while len(_identities) > _MAX_IDENTITIES:
             _identities.popitem(last=False)
     return ident
+
+
+def _file_stamp(folder: str | None, rel) -> tuple:
+    try:
+        st = os.stat(os.path.join(folder or "", str(rel)))
+        return (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return ()
 
 
 def _from_portraits(char, embedder, model, threshold, detector, cache, note="") -> CharacterIdentity:
