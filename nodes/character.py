@@ -101,12 +101,12 @@ class LoadCharacter(io.ComfyNode):
                              tooltip="Manifest revision to load; 0 loads the latest."),
             ],
             outputs=[
-                Character.Output("character", tooltip="The character profile at that revision."),
-                io.String.Output("trigger_word", tooltip="The trigger word of the character's LoRA."),
-                io.String.Output("class_phrase", tooltip="The class phrase, e.g. 'woman' or 'cartoon fox'."),
-                io.String.Output("caption_prefix", tooltip="'<trigger word> <class phrase>': the start of prompts and captions."),
-                io.Image.Output("references", is_output_list=True, tooltip="The reference portraits, one IMAGE each."),
-                io.String.Output("summary", tooltip="A readable summary of the profile."),
+                Character.Output("character", display_name="character", tooltip="The character profile at that revision."),
+                io.String.Output("trigger_word", display_name="trigger_word", tooltip="The trigger word of the character's LoRA."),
+                io.String.Output("class_phrase", display_name="class_phrase", tooltip="The class phrase, e.g. 'woman' or 'cartoon fox'."),
+                io.String.Output("caption_prefix", display_name="caption_prefix", tooltip="'<trigger word> <class phrase>': the start of prompts and captions."),
+                io.Image.Output("references", display_name="references", is_output_list=True, tooltip="The reference portraits, one IMAGE each."),
+                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -191,7 +191,7 @@ class SaveCharacter(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile at its new revision."),
-                io.String.Output("summary", tooltip="A readable summary of the profile."),
+                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -255,14 +255,14 @@ class CharacterInfo(io.ComfyNode):
                 io.String.Input("stage", default="", tooltip="LoRA stage to pick (empty: the latest LoRA of any stage)."),
             ],
             outputs=[
-                io.String.Output("prompt", tooltip="'<trigger word> <class phrase>, <text>'."),
-                io.String.Output("trigger_word", tooltip="The trigger word."),
-                io.String.Output("class_phrase", tooltip="The class phrase."),
-                io.Image.Output("references", is_output_list=True, tooltip="The reference portraits."),
-                io.Float.Output("threshold", tooltip="Similarity threshold (0 when the profile has none)."),
-                io.String.Output("lora_name", tooltip="File name of the latest LoRA for LoraLoader ('' if none)."),
-                io.String.Output("dataset_path", tooltip="Folder of the latest dataset version ('' if none)."),
-                io.String.Output("summary", tooltip="A readable summary of the profile."),
+                io.String.Output("prompt", display_name="prompt", tooltip="'<trigger word> <class phrase>, <text>'."),
+                io.String.Output("trigger_word", display_name="trigger_word", tooltip="The trigger word."),
+                io.String.Output("class_phrase", display_name="class_phrase", tooltip="The class phrase."),
+                io.Image.Output("references", display_name="references", is_output_list=True, tooltip="The reference portraits."),
+                io.Float.Output("threshold", display_name="threshold", tooltip="Similarity threshold (0 when the profile has none)."),
+                io.String.Output("lora_name", display_name="lora_name", tooltip="File name of the latest LoRA for LoraLoader ('' if none)."),
+                io.String.Output("dataset_path", display_name="dataset_path", tooltip="Folder of the latest dataset version ('' if none)."),
+                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -311,7 +311,7 @@ class RecordCharacterResult(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile at its new revision."),
-                io.String.Output("summary", tooltip="A readable summary of the profile."),
+                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -550,10 +550,10 @@ class GrowCharacterLayer(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile with the new dataset version recorded."),
-                io.Image.Output("kept", is_output_list=True, tooltip="The candidates that passed the filter."),
+                io.Image.Output("kept", display_name="kept", is_output_list=True, tooltip="The candidates that passed the filter."),
                 io.Image.Output("candidates_out", display_name="candidates", is_output_list=True, tooltip="Every candidate, for review."),
-                io.String.Output("report", tooltip="Per candidate: canvas, faces, identity and style scores, kept or why not (JSON)."),
-                io.String.Output("dataset_path", tooltip="Folder of the new dataset version."),
+                io.String.Output("report", display_name="report", tooltip="Per candidate: canvas, faces, identity and style scores, kept or why not (JSON)."),
+                io.String.Output("dataset_path", display_name="dataset_path", tooltip="Folder of the new dataset version."),
             ],
         )
 
@@ -918,8 +918,8 @@ class CharacterTrainingPlan(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile with every stage's LoRA recorded."),
-                io.String.Output("lora_name", tooltip="The last stage's LoRA (for LoraLoader)."),
-                io.String.Output("report", tooltip="Per stage: LoRA, starting weights, images, time, report."),
+                io.String.Output("lora_name", display_name="lora_name", tooltip="The last stage's LoRA (for LoraLoader)."),
+                io.String.Output("report", display_name="report", tooltip="Per stage: LoRA, starting weights, images, time, report."),
             ],
         )
 

@@ -179,9 +179,9 @@ class FaceSimilarity(io.ComfyNode):
                                         "replaces the model's own in the verdicts."),
             ],
             outputs=[
-                Scores.Output("scores", tooltip="All scores of this set (for Select By Similarity and Consistency Report)."),
-                io.String.Output("summary", tooltip="Per-candidate scores and verdicts as text."),
-                io.Int.Output("faces_missing", tooltip="Number of candidates in which no face was used."),
+                Scores.Output("scores", display_name="scores", tooltip="All scores of this set (for Select By Similarity and Consistency Report)."),
+                io.String.Output("summary", display_name="summary", tooltip="Per-candidate scores and verdicts as text."),
+                io.Int.Output("faces_missing", display_name="faces_missing", tooltip="Number of candidates in which no face was used."),
             ],
         )
 
@@ -239,7 +239,7 @@ class IdentityModels(io.ComfyNode):
             category=f"{CATEGORY}/scoring",
             description="Lists the identity models, their thresholds, and whether their weights are installed here.",
             inputs=[],
-            outputs=[io.String.Output("models", tooltip="One line per model: available or what is missing.")],
+            outputs=[io.String.Output("models", display_name="models", tooltip="One line per model: available or what is missing.")],
             is_output_node=True,
         )
 
@@ -304,13 +304,13 @@ class SelectBySimilarity(io.ComfyNode):
                                         "calibrated scale)."),
             ],
             outputs=[
-                io.Image.Output("passed", is_output_list=True, tooltip="Images at or above the threshold."),
-                io.Image.Output("failed", is_output_list=True, tooltip="Images below it or without a face."),
-                io.Int.Output("passed_indices", is_output_list=True, tooltip="Indices of the passing images."),
-                io.Int.Output("failed_indices", is_output_list=True, tooltip="Indices of the failing images."),
-                io.String.Output("passed_names", is_output_list=True, tooltip="File names of the passing images."),
-                io.String.Output("failed_names", is_output_list=True, tooltip="File names of the failing images."),
-                io.String.Output("summary", tooltip="What was kept and why."),
+                io.Image.Output("passed", display_name="passed", is_output_list=True, tooltip="Images at or above the threshold."),
+                io.Image.Output("failed", display_name="failed", is_output_list=True, tooltip="Images below it or without a face."),
+                io.Int.Output("passed_indices", display_name="passed_indices", is_output_list=True, tooltip="Indices of the passing images."),
+                io.Int.Output("failed_indices", display_name="failed_indices", is_output_list=True, tooltip="Indices of the failing images."),
+                io.String.Output("passed_names", display_name="passed_names", is_output_list=True, tooltip="File names of the passing images."),
+                io.String.Output("failed_names", display_name="failed_names", is_output_list=True, tooltip="File names of the failing images."),
+                io.String.Output("summary", display_name="summary", tooltip="What was kept and why."),
             ],
         )
 
@@ -373,12 +373,12 @@ class ConsistencyReport(io.ComfyNode):
                                         "(a number is added)."),
             ],
             outputs=[
-                io.Image.Output("bar_chart", tooltip="Mean similarity per set and model, with standard deviation."),
-                io.Image.Output("heatmap", tooltip="Embeddings of the references and each set, one row per image."),
-                io.Image.Output("lines", tooltip="Embeddings as lines, set means in bold."),
-                io.String.Output("table", tooltip="The summary table as text."),
-                io.String.Output("json_path", tooltip="Path of the JSON report ('' when not saved)."),
-                io.String.Output("csv_path", tooltip="Path of the CSV report ('' when not saved)."),
+                io.Image.Output("bar_chart", display_name="bar_chart", tooltip="Mean similarity per set and model, with standard deviation."),
+                io.Image.Output("heatmap", display_name="heatmap", tooltip="Embeddings of the references and each set, one row per image."),
+                io.Image.Output("lines", display_name="lines", tooltip="Embeddings as lines, set means in bold."),
+                io.String.Output("table", display_name="table", tooltip="The summary table as text."),
+                io.String.Output("json_path", display_name="json_path", tooltip="Path of the JSON report ('' when not saved)."),
+                io.String.Output("csv_path", display_name="csv_path", tooltip="Path of the CSV report ('' when not saved)."),
             ],
             is_output_node=True,
         )
@@ -512,9 +512,9 @@ class ClipSimilarity(io.ComfyNode):
                 io.String.Input("prompt", default="", multiline=True, tooltip="The prompt for CLIP-T (empty: no CLIP-T)."),
             ],
             outputs=[
-                io.Float.Output("image_similarity", tooltip="Mean over candidates of the mean cosine to the references (CLIP-I / DINO)."),
-                io.Float.Output("text_similarity", tooltip="Mean cosine of the candidates to the prompt (CLIP-T); 0 when not computed."),
-                io.String.Output("summary", tooltip="Per-candidate values as text."),
+                io.Float.Output("image_similarity", display_name="image_similarity", tooltip="Mean over candidates of the mean cosine to the references (CLIP-I / DINO)."),
+                io.Float.Output("text_similarity", display_name="text_similarity", tooltip="Mean cosine of the candidates to the prompt (CLIP-T); 0 when not computed."),
+                io.String.Output("summary", display_name="summary", tooltip="Per-candidate values as text."),
             ],
         )
 
@@ -553,11 +553,11 @@ class CalibrateIdentityModel(io.ComfyNode):
                 io.Combo.Input("model", options=list(embedders.NAMES), default="dlib", tooltip="Identity model to check."),
             ],
             outputs=[
-                io.Float.Output("roc_auc", tooltip="Area under the ROC curve (1 = perfect separation)."),
-                io.Float.Output("accuracy", tooltip="Share of pairs judged right at the model's own threshold."),
-                io.Float.Output("threshold", tooltip="The model's threshold (cosine similarity)."),
-                io.Image.Output("histogram", tooltip="Similarities of same-person and different-person pairs."),
-                io.String.Output("summary", tooltip="The figures as text."),
+                io.Float.Output("roc_auc", display_name="roc_auc", tooltip="Area under the ROC curve (1 = perfect separation)."),
+                io.Float.Output("accuracy", display_name="accuracy", tooltip="Share of pairs judged right at the model's own threshold."),
+                io.Float.Output("threshold", display_name="threshold", tooltip="The model's threshold (cosine similarity)."),
+                io.Image.Output("histogram", display_name="histogram", tooltip="Similarities of same-person and different-person pairs."),
+                io.String.Output("summary", display_name="summary", tooltip="The figures as text."),
             ],
         )
 

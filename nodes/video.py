@@ -40,12 +40,12 @@ class IdentityOverFrames(io.ComfyNode):
                                         "replaces the model's own in the plot and the scores."),
             ],
             outputs=[
-                io.Float.Output("id_consistency_loss", tooltip="1 - mean cosine similarity over the frames with a face."),
-                io.Float.Output("mean_similarity", tooltip="Mean cosine similarity over the frames with a face."),
-                io.Int.Output("frames_without_face", tooltip="Frames in which no face was used."),
-                io.Image.Output("plot", tooltip="Similarity over time with the model's threshold."),
-                Scores.Output("scores", tooltip="Per-frame scores (for Select By Similarity or Consistency Report)."),
-                io.String.Output("summary", tooltip="The figures as text."),
+                io.Float.Output("id_consistency_loss", display_name="id_consistency_loss", tooltip="1 - mean cosine similarity over the frames with a face."),
+                io.Float.Output("mean_similarity", display_name="mean_similarity", tooltip="Mean cosine similarity over the frames with a face."),
+                io.Int.Output("frames_without_face", display_name="frames_without_face", tooltip="Frames in which no face was used."),
+                io.Image.Output("plot", display_name="plot", tooltip="Similarity over time with the model's threshold."),
+                Scores.Output("scores", display_name="scores", tooltip="Per-frame scores (for Select By Similarity or Consistency Report)."),
+                io.String.Output("summary", display_name="summary", tooltip="The figures as text."),
             ],
         )
 
@@ -110,11 +110,11 @@ class MotionIntensity(io.ComfyNode):
                                        "as an ordinary mask."),
             ],
             outputs=[
-                io.Float.Output("intensity", tooltip="Motion intensity of the clip (capped)."),
-                io.Float.Output("raw_intensity", tooltip="Before the cap."),
-                io.Mask.Output("weight_map", tooltip="Region weights per frame (N, H, W)."),
-                io.Image.Output("magnitude", tooltip="Flow magnitude per frame pair as a picture (brighter: more motion)."),
-                io.String.Output("summary", tooltip="Per-pair intensities as text."),
+                io.Float.Output("intensity", display_name="intensity", tooltip="Motion intensity of the clip (capped)."),
+                io.Float.Output("raw_intensity", display_name="raw_intensity", tooltip="Before the cap."),
+                io.Mask.Output("weight_map", display_name="weight_map", tooltip="Region weights per frame (N, H, W)."),
+                io.Image.Output("magnitude", display_name="magnitude", tooltip="Flow magnitude per frame pair as a picture (brighter: more motion)."),
+                io.String.Output("summary", display_name="summary", tooltip="Per-pair intensities as text."),
             ],
         )
 

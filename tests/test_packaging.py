@@ -83,3 +83,7 @@ def test_every_node_is_documented(comfy):
         assert schema.description, f"{node_id} has no description"
         for inp in schema.inputs or []:
             assert getattr(inp, "tooltip", None), f"{node_id} input '{inp.id}' has no tooltip"
+        for out in schema.outputs or []:
+            assert getattr(out, "tooltip", None), f"{node_id} output '{out.id}' has no tooltip"
+            # without a display name the frontend labels the slot with its type ("STRING", "STRING", ...)
+            assert getattr(out, "display_name", None), f"{node_id} output '{out.id}' has no display name"
