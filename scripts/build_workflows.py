@@ -27,6 +27,12 @@ JS_BUILD = """
   const api = %s;
   const notes = %s;
   await app.loadApiJson(api, %s);
+  // image and video loaders grow when the user's file shows its preview: make room before arranging
+  for (const n of app.graph._nodes) {
+    if (["LoadImage", "LoadImageMask", "LoadVideo"].includes(n.type)) {
+      n.size = [Math.max(n.size[0], 320), Math.max(n.size[1], 460)];
+    }
+  }
   app.graph.arrange?.();
   for (const [nodeId, text] of Object.entries(notes)) {
     const target = app.graph.getNodeById(Number(nodeId)) ?? app.graph.getNodeById(nodeId);
