@@ -453,14 +453,6 @@ class FaceFix(io.ComfyNode):
         raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
 
 
-def _box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _check_identity_after_fix(chooser, face_model, images, results, masks, before, min_face: int,
                               keep_only_if_better: bool, lines: list[str]) -> int:
     """Scores each fixed face against the character again (the face found at the same place in the
@@ -468,6 +460,7 @@ def _check_identity_after_fix(chooser, face_model, images, results, masks, befor
     is set, the original image (and an empty mask) replaces the result. Returns how many fixes were
     undone; adds a line per image to ``lines``."""
     from ..continuity import faces as cf
+    from ..continuity.faces.boxes import iou
     frames = _common.split_images(images)
     undone = 0
     for i, (box, s0) in sorted(before.items()):
@@ -479,7 +472,7 @@ def _check_identity_after_fix(chooser, face_model, images, results, masks, befor
         s1 = None
         if found:
             match = chooser.match(rgb, found, i)
-            overlaps = [_box_iou(box, f.box) for f in match.faces]
+            overlaps = [iou(box, f.box) for f in match.faces]
             j = int(np.argmax(overlaps)) if overlaps else None
             if j is not None and overlaps[j] > 0.3:
                 s1 = match.similarities[j]

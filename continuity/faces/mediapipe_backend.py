@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import MissingModelError
 from .base import Face, as_uint8_rgb
+from .boxes import iou
 from .dlib_backend import LANDMARKS5_ORDER
 
 INSTALL_HINT = ("MediaPipe is not installed: the built-in face mesh, head mask and person segmentation need it. "
@@ -82,14 +83,6 @@ def _graph(kind: str, option: int):
 def _resize(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
     import cv2  # noqa: PLC0415
     return cv2.resize(rgb, (max(1, w), max(1, h)), interpolation=cv2.INTER_AREA)
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def detect_raw(rgb: np.ndarray, model: int) -> list[tuple[tuple, float, np.ndarray]]:
@@ -191,7 +184,7 @@ class MediaPipeDetector:
         found.sort(key=lambda t: t[1], reverse=True)
         keep = []
         for cand in found:  # NMS over both models; keep the more confident box
-            if all(_iou(cand[0], k[0]) < self.nms_iou for k in keep):
+            if all(iou(cand[0], k[0]) < self.nms_iou for k in keep):
                 keep.append(cand)
         return keep
 
