@@ -1,6 +1,6 @@
 """Run a Continuity workflow through ComfyUI's HTTP API, from a script or a terminal.
 
-    python scripts/run_workflow.py workflows/api/face_fix.json \
+    python scripts/run_workflow.py example_workflows/api/face_fix.json \
         --server http://127.0.0.1:8188 \
         --upload "Load Image.image=shot_012.png" \
         --set "KSampler.seed=42" --set "Face Fix.denoise_pass2=0.4" \
@@ -105,7 +105,7 @@ def load_api_workflow(path: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if "nodes" in data and "links" in data:
-        raise RunnerError(f"{path} is a UI-format workflow; use its API-format twin (workflows/api/...)")
+        raise RunnerError(f"{path} is a UI-format workflow; use its API-format twin (example_workflows/api/...)")
     if "prompt" in data and isinstance(data["prompt"], dict):
         data = data["prompt"]
     return data
@@ -395,7 +395,7 @@ def prepare(client: Client, prompt: dict, uploads: list[str], sets: list[str]) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Queue a ComfyUI API-format workflow and download its outputs.")
-    ap.add_argument("workflow", help="an API-format workflow JSON (workflows/api/*.json)")
+    ap.add_argument("workflow", help="an API-format workflow JSON (example_workflows/api/*.json)")
     ap.add_argument("--server", default=os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188"),
                     help="ComfyUI's address (default: $COMFYUI_URL or http://127.0.0.1:8188)")
     ap.add_argument("--start-comfyui", metavar="DIR", help="start a headless ComfyUI from this checkout instead")

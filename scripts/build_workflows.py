@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the UI-format workflows in workflows/ from their API-format sources in workflows/api/.
+"""Build the UI-format workflows in example_workflows/ from their API-format sources in example_workflows/api/.
 
 The API files are the source of truth (they are what scripts POST to /prompt). The UI files are
 made by the real ComfyUI frontend: a live server with the pack, headless Chromium, then
@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 import harness  # noqa: E402
 
-API_DIR = REPO / "workflows" / "api"
-UI_DIR = REPO / "workflows"
+API_DIR = REPO / "example_workflows" / "api"
+UI_DIR = REPO / "example_workflows"
 
 JS_BUILD = """
 (async () => {
@@ -86,7 +86,7 @@ def main(names):
                 missing = browser.eval("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
                 if missing:
                     raise SystemExit(f"{path.name}: the frontend does not know {missing}")
-                ui.setdefault("extra", {})["continuity"] = {"api": f"workflows/api/{path.name}"}
+                ui.setdefault("extra", {})["continuity"] = {"api": f"example_workflows/api/{path.name}"}
                 out = UI_DIR / path.name
                 out.write_text(json.dumps(ui, indent=1) + "\n")
                 print(f"wrote {out.relative_to(REPO)} ({len(ui['nodes'])} nodes)")

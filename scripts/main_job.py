@@ -6,7 +6,7 @@ pack in its custom_nodes, uploads the example photos that each image-folder node
 names in ``_meta.example_files`` (from assets/faces), queues the workflow with a progress bar from
 /ws, and downloads the report (JSON, CSV) and the plots. Only the built-in models are used.
 
-    python scripts/main_job.py [--out out/main-job] [--workflow workflows/api/consistency_evaluation.json]
+    python scripts/main_job.py [--out out/main-job] [--workflow example_workflows/api/consistency_evaluation.json]
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ def comfyui_dir() -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "out" / "main-job"))
-    ap.add_argument("--workflow", default=str(REPO / "workflows" / "api" / "consistency_evaluation.json"))
+    ap.add_argument("--workflow", default=str(REPO / "example_workflows" / "api" / "consistency_evaluation.json"))
     args = ap.parse_args()
     out = Path(args.out).resolve()
     base = out / "comfyui"

@@ -1,7 +1,7 @@
-"""Issue 8: the shipped workflows load in the real frontend, validate, and run where they can.
+"""The shipped workflows load in the real frontend, validate, and run where they can.
 
-Every workflow exists twice: ``workflows/api/NAME.json`` (API format, for POST /prompt; the
-source) and ``workflows/NAME.json`` (UI format, built from it by scripts/build_workflows.py with
+Every workflow exists twice: ``example_workflows/api/NAME.json`` (API format, for POST /prompt; the
+source) and ``example_workflows/NAME.json`` (UI format, built from it by scripts/build_workflows.py with
 the real frontend, listed in ComfyUI's template browser).
 """
 import json
@@ -13,8 +13,8 @@ import harness
 import workflow_support as ws
 
 REPO = Path(__file__).resolve().parents[1]
-API = sorted((REPO / "workflows" / "api").glob("*.json"))
-UI = sorted(p for p in (REPO / "workflows").glob("*.json"))
+API = sorted((REPO / "example_workflows" / "api").glob("*.json"))
+UI = sorted(p for p in (REPO / "example_workflows").glob("*.json"))
 
 
 def test_every_workflow_has_both_formats():
@@ -92,6 +92,6 @@ def test_ui_workflows_load_in_the_frontend(server, browser_factory, artifacts_di
         assert bad == [], f"{path.name}: widget values out of range: {bad}"
         # the UI graph serialises to the same API prompt as its twin
         prompt = page.eval("app.graphToPrompt().then(p => p.output)")
-        api = ws.load_api(REPO / "workflows" / "api" / path.name)
+        api = ws.load_api(REPO / "example_workflows" / "api" / path.name)
         assert ws.signature(prompt) == ws.signature(api), f"{path.name}: UI and API formats differ"
         page.screenshot(artifacts_dir / "workflows" / f"{path.stem}.png")

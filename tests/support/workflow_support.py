@@ -142,6 +142,6 @@ def ensure_dataset(server) -> None:
     """The training workflows read dataset 'my_character': make it with the dataset workflow."""
     if (server.base / "output" / "continuity" / "datasets" / "my_character").is_dir():
         return
-    prompt = for_tiny_models(load_api(REPO / "workflows" / "api" / "dataset_preparation.json"))
+    prompt = for_tiny_models(load_api(REPO / "example_workflows" / "api" / "dataset_preparation.json"))
     provide_inputs(server.base, prompt)
     server.run(prompt, timeout=600)
