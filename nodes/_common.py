@@ -2,14 +2,26 @@
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import contextmanager
 
+import folder_paths
 import numpy as np
 import torch
 
-import folder_paths
-
+from ..continuity import store
 from ..continuity.errors import ContinuityError
+
+
+def _key_dir() -> str:
+    """The store's secret lives in ComfyUI's system user folder, which ComfyUI never serves over HTTP."""
+    getter = getattr(folder_paths, "get_system_user_directory", None)
+    if getter is not None:
+        return getter("continuity")
+    return os.path.join(folder_paths.get_user_directory(), "__continuity")
+
+
+store.configure(_key_dir)
 
 
 def input_dir() -> str:
@@ -35,7 +47,7 @@ def node_error(node_cls, input_name: str | None, message: str) -> ValueError:
     schema = node_cls.define_schema() if hasattr(node_cls, "define_schema") else None
     name = getattr(schema, "display_name", None) or getattr(schema, "node_id", None) or node_cls.__name__
     where = f"{name}, input '{input_name}'" if input_name else name
-    return ValueError(f"[Continuity] {where}: {message}")
+    return ValueError(store.printable(f"[Continuity] {where}: {message}"))
 
 
 @contextmanager

@@ -19,6 +19,12 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
 FACES = REPO / "assets" / "faces"
+
+# Core code that signs or checks files (continuity.store) outside ComfyUI needs a key folder; the
+# nodes configure ComfyUI's system user folder instead. One per test session, never the user's.
+if not os.environ.get("CONTINUITY_KEY_DIR"):
+    import tempfile
+    os.environ["CONTINUITY_KEY_DIR"] = tempfile.mkdtemp(prefix="continuity-keys-")
 ARTIFACTS = Path(os.environ.get("CONTINUITY_ARTIFACTS", REPO / "test-artifacts"))
 
 
