@@ -139,7 +139,8 @@ class FaceAnalyzer:
         return faces
 
     def parse(self, rgb: np.ndarray, face: Face, faces: list[Face] | None = None) -> dict[str, np.ndarray]:
-        return self.parser.parse(as_uint8_rgb(rgb), face, faces=faces)
+        from .masks import limit_to_head  # noqa: PLC0415
+        return limit_to_head(self.parser.parse(as_uint8_rgb(rgb), face, faces=faces), face, faces)
 
     def embedder(self):
         """The identity embedder, created on first use by ``continuity.faces.embedders``."""

@@ -386,6 +386,111 @@ class BuiltinParser:
         return res
 
 
+# --------------------------------------------------------------------------- keeping masks on their person
+
+HEAD_LIMITED = ("ears", "hair", "beard", "neck", "hat")   # regions that can spill onto the next person
+HEAD_LATERAL = 1.0          # head ellipse half-width, in face widths (cheek to cheek)
+HEAD_UP = 1.55              # head top above the chin, in face heights (forehead top to chin)
+BELOW_CHIN = 0.5            # hair, beard and neck reach this far under the chin (face heights) ...
+BELOW_LATERAL = 0.8         # ... within this lateral distance of the face's axis (face widths)
+BODY_LATERAL = 1.6          # another person's body: under their chin, this wide each side (their face widths)
+
+
+def _frame(g: Geometry, xx: np.ndarray, yy: np.ndarray):
+    """(lateral, height above the chin) of pixel coordinates, in face widths and face heights."""
+    up = g.up
+    right = np.array([-up[1], up[0]])
+    if g.jaw is not None:
+        chin = g.jaw[np.argmax(g.jaw @ -up)]
+    else:
+        chin = g.oval[np.argmax(g.oval @ -up)]
+    dx, dy = xx - chin[0], yy - chin[1]
+    cx = float((g.center - chin) @ right)        # the face axis passes through the centre, not the chin
+    lat = (dx * right[0] + dy * right[1] - cx) / max(g.width, 4.0)
+    hgt = (dx * up[0] + dy * up[1]) / max(g.height, 4.0)
+    return lat, hgt
+
+
+def _head_radius(lat: np.ndarray, hgt: np.ndarray) -> np.ndarray:
+    """Elliptical distance from the head's centre: 1 on the head ellipse (chin to HEAD_UP above it,
+    HEAD_LATERAL each side), so heads of different sizes compare fairly."""
+    half = HEAD_UP / 2
+    return np.sqrt((lat / HEAD_LATERAL) ** 2 + ((hgt - half) / half) ** 2)
+
+
+def _head_zone(lat: np.ndarray, hgt: np.ndarray) -> np.ndarray:
+    """The head: its ellipse, plus a band under the chin beside the neck."""
+    under = (hgt <= 0) & (hgt > -BELOW_CHIN) & (np.abs(lat) < BELOW_LATERAL)
+    return (_head_radius(lat, hgt) <= 1.0) | under
+
+
+def head_bound(shape, face: Face, faces: list[Face] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Where ``face``'s hair, ears, beard and neck may be: (bound, roi) with ``bound`` a 0/1 uint8
+    array over ``roi`` = (x0, y0, x1, y1) in image pixels (everything outside the roi is out).
+
+    The bound is the face's own head zone (an ellipse from the chin to 1.55 face heights above it,
+    one face width each side of its axis, plus a band half a face height under the chin beside the
+    neck), minus what belongs to the other faces: their head zones where a pixel is nearer to their
+    head than to this one (elliptical distances in head sizes), and their bodies (under their chin, 1.6 of their
+    face widths each side) except inside this face's head ellipse above its chin."""
+    g = face_geometry(face)
+    F, W = max(g.height, 4.0), max(g.width, 4.0)
+    pts = np.concatenate([g.oval + g.up * HEAD_UP * F, g.oval - g.up * BELOW_CHIN * F,
+                          g.oval + [[HEAD_LATERAL * W, 0]], g.oval - [[HEAD_LATERAL * W, 0]]])
+    cv_ = _Canvas(shape, (*pts.min(0), *(pts.max(0) + 1)), scale=min(1.0, WORK_FACE / F))
+    xx, yy = cv_.coords()
+    lat, hgt = _frame(g, xx, yy)
+    own = _head_zone(lat, hgt)
+    own_core = own & (hgt > 0)
+    own_d = _head_radius(lat, hgt)
+    bound = own.copy()
+    for f in faces or []:
+        if f is face:
+            continue
+        og = face_geometry(f)
+        olat, ohgt = _frame(og, xx, yy)
+        their_d = _head_radius(olat, ohgt)
+        bound &= ~(_head_zone(olat, ohgt) & (their_d < own_d))
+        bound &= ~((ohgt <= 0) & (np.abs(olat) < BODY_LATERAL) & ~own_core)
+    full = cv_.full(bound.astype(np.uint8))
+    x0, y0, x1, y1 = cv_.x0, cv_.y0, cv_.x1, cv_.y1
+    return np.ascontiguousarray(full[y0:y1, x0:x1]), (x0, y0, x1, y1)
+
+
+def limit_to_head(parts: dict[str, np.ndarray], face: Face, faces: list[Face] | None = None) -> dict[str, np.ndarray]:
+    """The regions of a parse with hair, ears, beard, neck and hat kept on ``face``'s own head:
+    inside :func:`head_bound` and connected to the face (its outline and parts), so a jacket, a
+    neighbour's hair or a background blob the parser took for hair is dropped. Face parts (skin,
+    eyes, ...) pass as they are. Works on any parser's output (0/1 masks at the image size)."""
+    limited = [k for k in HEAD_LIMITED if k in parts and np.asarray(parts[k]).any()]
+    if not limited:
+        return parts
+    some = np.asarray(parts[limited[0]])
+    shape = some.shape[:2]
+    bound, (x0, y0, x1, y1) = head_bound(shape, face, faces)
+    g = face_geometry(face)
+    # the face itself seeds the connectivity: its outline, and its parts where the parser gave them
+    seed = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    oval = np.round((g.oval - [x0, y0]) * 4).astype(np.int32)
+    cv2.fillPoly(seed, [oval], 1, lineType=cv2.LINE_8, shift=2)
+    for k in FACE_PARTS:
+        if k in parts:
+            seed |= (np.asarray(parts[k])[y0:y1, x0:x1] > 0).astype(np.uint8)
+    r = max(1, int(round(0.04 * g.height)))
+    seed = cv2.dilate(seed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    local = {k: (np.asarray(parts[k])[y0:y1, x0:x1] > 0).astype(np.uint8) & bound for k in limited}
+    union = np.zeros_like(seed)
+    for v in local.values():
+        union |= v
+    keep = _keep_touching(union | seed, seed) & union
+    out = dict(parts)
+    for k, v in local.items():
+        m = np.zeros(shape, np.uint8)
+        m[y0:y1, x0:x1] = v & keep
+        out[k] = m
+    return out
+
+
 # --------------------------------------------------------------------------- selection and the mask
 
 def select_faces(faces: list[Face], which: str = "largest", index: int = 0) -> list[Face]:
@@ -511,7 +616,7 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
         person = parser.person(rgb)
     for f in chosen:
         kw = {"person": person} if person is not None else {}
-        parts = parser.parse(rgb, f, faces=faces, want=set(parser.regions), **kw)
+        parts = limit_to_head(parser.parse(rgb, f, faces=faces, want=set(parser.regions), **kw), f, faces)
         sel = np.zeros((h, w), np.uint8)
         rest = np.zeros((h, w), np.uint8)
         for name, m in parts.items():
