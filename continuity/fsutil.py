@@ -1,6 +1,7 @@
 """Atomic writes and never-overwrite naming, shared by every stage that writes files."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -91,7 +92,12 @@ def new_folder(final_path: str):
         # and we refuse even an empty one: check, then rename.
         if os.path.exists(final_path):
             raise FileExistsError(final_path)
-        os.rename(stage, final_path)
+        try:
+            os.rename(stage, final_path)
+        except OSError as exc:   # another writer's folder is there now (non-empty): the name is taken
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(final_path) from None
+            raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

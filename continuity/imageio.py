@@ -17,14 +17,31 @@ from .errors import ContinuityError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
+#: the largest side of any image file the pack decodes (its header is read first)
+MAX_SIDE = 16384
+#: the most pixels of one decoded image (64 MP: 768 MB as float32 RGB)
+MAX_PIXELS = 8192 * 8192
+#: the most pixels one folder load decodes in total (about 6 GB as float32 RGB + mask)
+MAX_TOTAL_PIXELS = 400_000_000
+#: the largest caption file read (bytes)
+MAX_CAPTION_BYTES = 64 * 1024
+
 
 def natural_key(text: str):
     """Sort key that orders ``img2`` before ``img10``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
-def list_images(folder: str, *, recursive: bool = False) -> list[str]:
-    """Image files of ``folder`` (relative paths), in natural order; hidden files skipped."""
+def list_images(folder: str, *, recursive: bool = False, roots: list[str] | None = None,
+                input: str | None = "folder") -> list[str]:
+    """Image files of ``folder`` (relative paths), in natural order; hidden files skipped.
+
+    With ``roots``, every file must really lie inside one of them (a link out of them is refused).
+    """
+    if roots is not None:
+        from . import store
+        return sorted(store.list_files(folder, roots, input=input, recursive=recursive, extensions=IMAGE_EXTENSIONS),
+                      key=natural_key)
     found = []
     if recursive:
         for root, dirs, files in os.walk(folder):
@@ -57,14 +74,44 @@ def pil_to_rgb_and_mask(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     return rgb, np.zeros(rgb.shape[:2], np.float32)
 
 
-def load_image(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load one image file as (rgb, mask); a clear error if it cannot be read."""
+def _size_problem(width: int, height: int, max_side: int, max_pixels: int) -> str | None:
+    if width > max_side or height > max_side:
+        return f"is {width}x{height}; the largest side allowed is {max_side}"
+    if width * height > max_pixels:
+        return f"is {width}x{height} ({width * height} pixels); at most {max_pixels} pixels are allowed"
+    return None
+
+
+def image_size(path: str, *, input: str | None = None) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
     try:
         with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise ContinuityError(f"cannot read image {os.path.basename(path)!a}: not an image file or damaged",
+                              input=input) from None
+
+
+def load_image(path: str, *, max_side: int | None = None, max_pixels: int | None = None,
+               input: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load one image file as (rgb, mask); a clear error naming ``input`` if it cannot be read or is
+    larger than ``max_side`` / ``max_pixels`` (checked from the header, before decoding). Messages
+    name the file, never its folder."""
+    max_side = min(max_side or MAX_SIDE, MAX_SIDE)
+    max_pixels = min(max_pixels or MAX_PIXELS, MAX_PIXELS)
+    shown = ascii(os.path.basename(path))
+    try:
+        with Image.open(path) as img:
+            problem = _size_problem(img.size[0], img.size[1], max_side, max_pixels)
+            if problem:
+                raise ContinuityError(f"image {shown} {problem}", input=input)
             img.load()
             return pil_to_rgb_and_mask(img)
-    except (OSError, ValueError) as exc:
-        raise ContinuityError(f"cannot read image '{os.path.basename(path)}': {exc}") from exc
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        if isinstance(exc, ContinuityError):
+            raise
+        raise ContinuityError(f"cannot read image {shown}: not an image file or damaged ({type(exc).__name__})",
+                              input=input) from None
 
 
 def read_caption(image_path: str, extension: str = ".txt") -> str:
@@ -72,8 +119,11 @@ def read_caption(image_path: str, extension: str = ".txt") -> str:
     ext = extension if extension.startswith(".") else "." + extension
     path = os.path.splitext(image_path)[0] + ext
     if os.path.isfile(path):
+        if os.path.getsize(path) > MAX_CAPTION_BYTES:
+            raise ContinuityError(f"the caption file {os.path.basename(path)!a} is larger than "
+                                  f"{MAX_CAPTION_BYTES} bytes", input="caption_extension")
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read().strip()
+            return fh.read(MAX_CAPTION_BYTES).strip()
     return ""
 
 
@@ -86,17 +136,29 @@ class FolderItem:
 
 
 def load_folder(folder: str, *, recursive: bool = False, start: int = 0, limit: int = 0,
-                caption_extension: str = ".txt") -> list[FolderItem]:
-    """Load the images of ``folder`` with their captions, ``start`` and ``limit`` selecting a page."""
-    names = list_images(folder, recursive=recursive)
+                caption_extension: str = ".txt", roots: list[str] | None = None,
+                max_total_pixels: int = MAX_TOTAL_PIXELS) -> list[FolderItem]:
+    """Load the images of ``folder`` with their captions, ``start`` and ``limit`` selecting a page.
+
+    With ``roots``, files that are links out of them are refused. The page's total size is checked
+    from the file headers before anything is decoded (``max_total_pixels``).
+    """
+    names = list_images(folder, recursive=recursive, roots=roots)
     if start:
         names = names[start:]
     if limit and limit > 0:
         names = names[:limit]
+    total = 0
+    for name in names:
+        w, h = image_size(os.path.join(folder, name), input="folder")
+        total += w * h
+        if total > max_total_pixels:
+            raise ContinuityError(f"the images from {name!a} on exceed {max_total_pixels} pixels in one load; "
+                                  "load the folder in pages with start and limit", input="limit")
     items = []
     for name in names:
         path = os.path.join(folder, name)
-        rgb, mask = load_image(path)
+        rgb, mask = load_image(path, input="folder")
         items.append(FolderItem(name=name.replace(os.sep, "/"), rgb=rgb, mask=mask,
                                 caption=read_caption(path, caption_extension)))
     return items

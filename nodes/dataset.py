@@ -3,16 +3,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..continuity import imageio
+from ..continuity import imageio, store
+from ..continuity.dataset import versions as vs
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
 from . import _common
 from ._types import CATEGORY, Character, Dataset, FaceModel
+
+
+def _caption_ext(ext: str) -> str:
+    """A caption file extension such as '.txt' (the dot is added when missing)."""
+    store.check_line(ext, input="caption_extension", max_len=16)
+    ext = ext.strip()
+    ext = ext if ext.startswith(".") else "." + ext
+    if not re.fullmatch(r"\.[A-Za-z0-9_]{1,15}", ext):
+        raise ContinuityError(f"{store.shown(ext)} is not a file extension such as .txt", input="caption_extension")
+    return ext
 
 
 class LoadImageFolder(io.ComfyNode):
@@ -58,14 +70,13 @@ class LoadImageFolder(io.ComfyNode):
         return confine(folder, _common.allowed_roots("input"), input="folder", kind="dir")
 
     @classmethod
-    def validate_inputs(cls, folder, caption_extension, **kwargs):
+    def validate_inputs(cls, folder, caption_extension):
         try:
+            store.check_line(folder, input="folder", max_len=500)
             cls._resolve(folder)
+            _caption_ext(caption_extension)
         except ContinuityError as exc:
-            return str(_common.node_error(cls, "folder", exc.message))
-        ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
-        if os.sep in ext or "/" in ext or len(ext) > 16:
-            return str(_common.node_error(cls, "caption_extension", f"'{caption_extension}' is not a file extension"))
+            return str(_common.node_error(cls, exc.input or "folder", exc.message))
         return True
 
     @classmethod
@@ -76,7 +87,11 @@ class LoadImageFolder(io.ComfyNode):
         except ContinuityError:
             return None
         stamp = []
-        for name in imageio.list_images(path, recursive=recursive):
+        try:
+            names = imageio.list_images(path, recursive=recursive, roots=_common.allowed_roots("input"))
+        except ContinuityError:
+            return None
+        for name in names:
             st = os.stat(os.path.join(path, name))
             stamp.append((name, st.st_mtime_ns, st.st_size))
         return str(stamp)
@@ -84,11 +99,14 @@ class LoadImageFolder(io.ComfyNode):
     @classmethod
     @_common.reports_errors("folder")
     def execute(cls, folder, mode, recursive, start, limit, caption_extension) -> io.NodeOutput:
+        store.check_line(folder, input="folder", max_len=500)
         path = cls._resolve(folder)
         items = imageio.load_folder(path, recursive=recursive, start=start, limit=limit,
-                                    caption_extension=caption_extension)
+                                    caption_extension=_caption_ext(caption_extension),
+                                    roots=_common.allowed_roots("input"))
         if not items:
-            raise ContinuityError(f"no images ({', '.join(imageio.IMAGE_EXTENSIONS)}) in '{folder}'", input="folder")
+            raise ContinuityError(f"no images ({', '.join(imageio.IMAGE_EXTENSIONS)}) in {store.shown(folder)}",
+                                  input="folder")
         names = [it.name for it in items]
         captions = [it.caption for it in items]
         if mode == "batch":
@@ -180,6 +198,15 @@ def _reference_embedding(char, embedder, detector) -> np.ndarray:
 
 def _dataset_value(version) -> dict:
     return version.as_dict()
+
+
+def _shown_path(path: str) -> str:
+    """A path as shown to clients: relative to ComfyUI's output folder, never the server's absolute path."""
+    try:
+        rel = os.path.relpath(path, os.path.realpath(_common.output_dir()))
+    except ValueError:
+        return os.path.basename(path)
+    return "output/" + rel.replace(os.sep, "/") if not rel.startswith("..") else os.path.basename(path)
 
 
 # ----------------------------------------------------------------------------- sheet cutting
@@ -557,31 +584,33 @@ class SaveDatasetVersion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, **kwargs):
+    def validate_inputs(cls, name, note):
         try:
             _name_ok(_first(name, ""))
+            store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE)
         except ContinuityError as exc:
-            return str(_common.node_error(cls, "name", exc.message))
+            return str(_common.node_error(cls, exc.input, exc.message))
         return True
 
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, images, name, note, captions=None, filenames=None, masks=None, scores=None,
                 character=None) -> io.NodeOutput:
-        from ..continuity.dataset import versions as vs  # noqa: PLC0415
         char = _character(character)
         name = _name_ok(char.name if char is not None else _first(name, ""))
-        note = _first(note, "")
+        note = store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE)
         if char is not None:
             note = (f"character {char.name} (revision {char.revision})" + (f"; {note}" if note else ""))
         imgs = _common.split_images(images)
         n = len(imgs)
-        caps = list(captions or [])
+        if n > vs.MAX_ITEMS:
+            raise ContinuityError(f"{n} images; a version holds at most {vs.MAX_ITEMS}", input="images")
+        caps = [store.check_text(c, input="captions", max_len=vs.MAX_CAPTION) for c in (captions or [])]
         if caps and len(caps) == 1 and n > 1:
             caps = caps * n
         if caps and len(caps) != n:
             raise ContinuityError(f"{len(caps)} captions for {n} images", input="captions")
-        names = list(filenames or [])
+        names = [store.check_line(f, input="filenames", max_len=500) for f in (filenames or [])]
         if names and len(names) != n:
             raise ContinuityError(f"{len(names)} filenames for {n} images", input="filenames")
         mlist = _common.split_masks(masks)
@@ -597,8 +626,11 @@ class SaveDatasetVersion(io.ComfyNode):
             fname = names[i] if names else f"img{i + 1:04d}"
             items.append(vs.Item(filename=fname, rgb=_u8(img), caption=caps[i] if caps else "", mask=m,
                                  source=names[i] if names else "", scores=sc[i]))
-        ver = vs.save_version(_datasets_root(), name, items, note=note)
-        summary = f"{name} v{ver.number}: {n} images -> {ver.path}"
+        provenance = {"step": "save"}
+        if char is not None:
+            provenance.update(character=char.name, revision=char.revision)
+        ver = vs.save_version(_datasets_root(), name, items, note=note, provenance=provenance)
+        summary = f"{name} v{ver.number}: {n} images -> {_shown_path(ver.path)}"
         return io.NodeOutput(_dataset_value(ver), ver.path, ver.number, ui={"text": [summary]})
 
 
@@ -625,7 +657,7 @@ class LoadDatasetVersion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, **kwargs):
+    def validate_inputs(cls, name):
         try:
             _name_ok(name)
         except ContinuityError as exc:
@@ -635,28 +667,20 @@ class LoadDatasetVersion(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, name, version, **kwargs):
         try:
-            from ..continuity.fsutil import existing_versions  # noqa: PLC0415
-            return str(existing_versions(os.path.join(_datasets_root(), _name_ok(name)))) if not version else f"v{version}"
+                return str(vs.versions_of(_datasets_root(), _name_ok(name))) if not version else f"v{version}"
         except ContinuityError:
             return None
 
     @classmethod
     @_common.reports_errors("name")
     def execute(cls, name, version) -> io.NodeOutput:
-        from ..continuity.dataset import versions as vs  # noqa: PLC0415
-        ver = vs.load_version(_datasets_root(), _name_ok(name), version)
+        ver = vs.load_version(_datasets_root(), _name_ok(name), version, input="version")
         images, masks, names, caps = [], [], [], []
-        for rec in ver.items:
-            rgb, _ = imageio.load_image(os.path.join(ver.path, rec["file"]))
-            m = np.zeros(rgb.shape[:2], np.float32)
-            if rec.get("mask_file"):
-                from PIL import Image  # noqa: PLC0415
-                with Image.open(os.path.join(ver.path, rec["mask_file"])) as im:
-                    m = np.asarray(im.convert("L"), np.float32) / 255.0
-            images.append(_common.np_to_image(rgb))
-            masks.append(_common.np_to_mask(m))
-            names.append(rec["file"])
-            caps.append(rec.get("caption", ""))
+        for it in vs.read_items(ver, input="version"):
+            images.append(_common.np_to_image(it.rgb))
+            masks.append(_common.np_to_mask(it.mask if it.mask is not None else np.zeros(it.rgb.shape[:2], np.float32)))
+            names.append(it.file)
+            caps.append(it.caption)
         return io.NodeOutput(_dataset_value(ver), images, masks, names, caps, len(names))
 
 
@@ -696,17 +720,13 @@ class MergeFixedImages(io.ComfyNode):
     @classmethod
     @_common.reports_errors("fixed_images")
     def execute(cls, dataset, fixed_images, filenames, note, captions=None, masks=None, scores=None) -> io.NodeOutput:
-        from ..continuity.dataset import versions as vs  # noqa: PLC0415
-        ds = _first(dataset)
-        if not isinstance(ds, dict) or "name" not in ds:
-            raise ContinuityError("not a dataset version", input="dataset")
-        base = vs.load_version(_datasets_root(), _name_ok(ds["name"]), int(ds["version"]))
+        base = vs.from_value(_datasets_root(), _first(dataset), input="dataset")
         imgs = _common.split_images(fixed_images)
         n = len(imgs)
-        names = list(filenames or [])
+        names = [store.check_line(f, input="filenames", max_len=500) for f in (filenames or [])]
         if len(names) != n:
             raise ContinuityError(f"{len(names)} filenames for {n} fixed images", input="filenames")
-        caps = list(captions or [])
+        caps = [store.check_text(c, input="captions", max_len=vs.MAX_CAPTION) for c in (captions or [])]
         if caps and len(caps) != n:
             raise ContinuityError(f"{len(caps)} captions for {n} fixed images", input="captions")
         mlist = _common.split_masks(masks)
@@ -716,9 +736,11 @@ class MergeFixedImages(io.ComfyNode):
         fixes = [vs.Fix(target=names[i], rgb=_u8(img), caption=caps[i] if caps else "",
                         mask=mlist[i].detach().cpu().float().numpy() if mlist else None, scores=sc[i])
                  for i, img in enumerate(imgs)]
-        ver = vs.merge_fixed(_datasets_root(), base, fixes, note=_first(note, ""))
-        summary = f"{ver.name} v{ver.number} from v{base.number}: {len(ver.manifest.get('replaced', []))} replaced, " \
-                  f"{ver.manifest.get('added', 0)} added -> {ver.path}"
+        ver = vs.merge_fixed(_datasets_root(), base, fixes,
+                             note=store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE))
+        prov = ver.provenance
+        summary = f"{ver.name} v{ver.number} from v{base.number}: {len(prov.get('replaced', []))} replaced, " \
+                  f"{prov.get('added', 0)} added -> {_shown_path(ver.path)}"
         return io.NodeOutput(_dataset_value(ver), ver.path, ver.number, ui={"text": [summary]})
 
 

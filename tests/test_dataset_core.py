@@ -182,7 +182,8 @@ def test_versions_save_load_merge_never_overwrite(tmp_path):
     v2 = vs.merge_fixed(str(tmp_path), vs.load_version(str(tmp_path), "hero", 1),
                         [vs.Fix(target="img1.png", rgb=fixed, caption="cap 1 fixed", scores={"identity": 0.99}),
                          vs.Fix(target="new_one", rgb=fixed)])
-    assert v2.number == 2 and v2.manifest["parent"] == "v1" and v2.manifest["replaced"] == ["img1.png"]
+    assert v2.number == 2 and v2.manifest["parent"] == "v1" and v2.provenance["replaced"] == ["img1.png"]
+    assert v2.provenance["step"] == "merge" and v2.provenance["merged_from"] == "hero/v1"
     recs = {r["file"]: r for r in v2.items}
     assert recs["img1.png"]["fixed_from"] == "hero/v1/img1.png" and recs["img1.png"]["caption"] == "cap 1 fixed"
     assert recs["img0.png"]["mask_file"] == "masks/img0.png" and "new_one.png" in recs

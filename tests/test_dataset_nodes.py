@@ -124,7 +124,7 @@ def test_dataset_versioned_and_merged(comfy, faces_dir):
     res = comfy.run(merge)
     assert res.value("3", 2) == 3
     man3 = json.load(open(os.path.join(res.value("3", 1), "manifest.json")))
-    assert man3["parent"] == "v1" and sorted(man3["replaced"]) == ["img1.png", "img2.png", "img4.png"]
+    assert man3["parent"] == "v1" and sorted(man3["provenance"]["replaced"]) == ["img1.png", "img2.png", "img4.png"]
     assert all(r["fixed_from"] == f"hero/v1/{r['file']}" for r in man3["items"])
     assert _tree_hashes(v1) == before
 
@@ -155,7 +155,7 @@ def test_live_server_version_and_merge(server, faces_dir):
                    "inputs": {"dataset": ["1", 0], "fixed_images": ["2", 0], "filenames": ["1", 3], "note": "fix"}}}
     server.run(merge)
     man2 = json.load(open(v1.parent / "v2" / "manifest.json"))
-    assert man2["parent"] == "v1" and man2["replaced"] == ["img12.png", "img3.png"]
+    assert man2["parent"] == "v1" and man2["provenance"]["replaced"] == ["img12.png", "img3.png"]
     assert _tree_hashes(v1) == before
     status, body = server.post_prompt({"1": _load("live_src"),
                                        "2": {"class_type": "ContinuitySaveDatasetVersion",

@@ -1,37 +1,91 @@
-"""Versioned datasets: ``<root>/<name>/v1, v2, ...``, each with images, captions, masks and a manifest.
+"""Dataset versions: the one format, the one writer and the one reader.
 
-A version is built in a temporary folder and renamed into place when complete
-(:func:`continuity.fsutil.new_version_folder`), so it appears whole or not at all, and an existing
-version is never written to again. ``manifest.json`` records for each image its file, caption,
-mask, where it came from (``source``), what it was inpainted/fixed from (``fixed_from``), its
-scores and a content hash.
+Layout (``root`` is ``<ComfyUI output>/continuity/datasets`` in the nodes)::
+
+    <root>/<name>/v1/            a version: never changed once it is in place
+        manifest.json            signed (continuity.store): every image with its file, size, hash,
+                                 caption, mask, source, what it was fixed from, its scores; and the
+                                 version's ``provenance`` (how it was made: saved, merged, grown, refined)
+        <file>.png, <file>.txt   images and captions (``<folder>/<file>`` for grown layers)
+        masks/<file>.png         masks (white = the character)
+    <root>/<name>/v2/ ...
+
+:func:`save_version` builds a version aside and renames it into place whole; a number another
+prompt or server took meanwhile is skipped (:func:`continuity.store.new_version_folder`).
+:func:`load_version` reads a version back through the store: the manifest must be signed by this
+server for this name and version, fit the schema, and every file it names must lie inside the
+version folder (realpath) with the content hash the manifest records. Anything else is refused
+with a message naming the input, never the server's absolute paths.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import io
-import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .. import store
 from ..errors import ContinuityError
-from ..fsutil import existing_versions, new_version_folder
 from ..imageio import load_image
 from ..paths import safe_name
 
 MANIFEST = "manifest.json"
-FORMAT = "continuity-dataset/1"
+FORMAT = "continuity-dataset/2"
+KIND = "dataset-version"
+MAX_ITEMS = 20_000
+MAX_CAPTION = 4_000
+MAX_NOTE = 4_000
+_HEX64 = r"[0-9a-f]{64}"
+
+ITEM_SCHEMA = store.Obj({
+    "file": store.RelPath(),
+    "width": store.Int(min=1, max=65_536),
+    "height": store.Int(min=1, max=65_536),
+    "sha256": store.Str(pattern=_HEX64),
+    "caption": store.Str(max_len=MAX_CAPTION, multiline=True),
+    "caption_file": store.Opt(store.RelPath()),
+    "mask_file": store.Opt(store.RelPath()),
+    "mask_sha256": store.Opt(store.Str(pattern=_HEX64)),
+    "source": store.Str(max_len=1_000),
+    "fixed_from": store.Opt(store.Str(max_len=1_000)),
+    "scores": store.Map(store.JsonValue(), max_items=100),
+})
+
+
+def _manifest_consistent(m: dict) -> str | None:
+    if m["count"] != len(m["items"]):
+        return f"count {m['count']} but {len(m['items'])} items"
+    files = [it["file"] for it in m["items"]]
+    if len(set(files)) != len(files):
+        return "an image is listed twice"
+    return None
+
+
+MANIFEST_SCHEMA = store.Obj({
+    "format": store.Str(choices=(FORMAT,)),
+    "name": store.Str(max_len=100),
+    "version": store.Int(min=1, max=10**9),
+    "created": store.Str(max_len=64),
+    "parent": store.Opt(store.Str(pattern=r"v[0-9]{1,9}")),
+    "note": store.Str(max_len=MAX_NOTE, multiline=True),
+    "count": store.Int(min=0, max=MAX_ITEMS),
+    "caption_extension": store.Str(pattern=r"\.[A-Za-z0-9_]{1,15}"),
+    "items": store.List(ITEM_SCHEMA, max_items=MAX_ITEMS),
+    "provenance": store.Map(store.JsonValue(max_text=MAX_NOTE), max_items=100),
+}, check=_manifest_consistent)
 
 
 @dataclass
 class Item:
-    """One image to store. ``rgb`` float [0,1] or uint8 (H, W, 3)."""
+    """One image to store: ``rgb`` (H, W, 3) float [0,1] or uint8, or ``src_path`` (a file to copy,
+    already confined by the caller, e.g. :meth:`Version.image_path`). ``folder`` puts the file in a
+    sub-folder of the version (a grown layer)."""
     filename: str
     rgb: np.ndarray | None = None
     caption: str = ""
@@ -39,8 +93,10 @@ class Item:
     source: str = ""
     fixed_from: str = ""
     scores: dict = field(default_factory=dict)
-    src_path: str = ""           # copy this file instead of encoding rgb (merge)
+    src_path: str = ""
     src_mask_path: str = ""
+    folder: str = ""
+    keep_file: str = ""          # keep this exact relative file name (an image carried over from the parent)
 
 
 @dataclass
@@ -56,6 +112,27 @@ class Version:
     @property
     def items(self) -> list[dict]:
         return self.manifest.get("items", [])
+
+    @property
+    def provenance(self) -> dict:
+        return self.manifest.get("provenance", {})
+
+    def image_path(self, rec: dict, *, input: str | None = "version") -> str:
+        """The real path of an item's image: inside the version folder, with the recorded hash."""
+        return store.checked_file(self.path, rec["file"], rec["sha256"], input=input, what="image")
+
+    def mask_path(self, rec: dict, *, input: str | None = "version") -> str | None:
+        if not rec.get("mask_file"):
+            return None
+        return store.checked_file(self.path, rec["mask_file"], rec.get("mask_sha256"), input=input, what="mask_file")
+
+
+@dataclass
+class LoadedItem:
+    file: str
+    rgb: np.ndarray          # (H, W, 3) float32
+    mask: np.ndarray | None  # (H, W) float32, white = the character; None when the version has none
+    caption: str
 
 
 def _u8(rgb: np.ndarray) -> np.ndarray:
@@ -81,118 +158,186 @@ def _stem(filename: str) -> str:
     return cleaned[:80]
 
 
+def _folder(sub: str) -> str:
+    if not sub:
+        return ""
+    return "/".join(safe_name(p, input="folder") for p in sub.replace("\\", "/").split("/") if p)
+
+
 def dataset_dir(root: str, name: str) -> str:
     return os.path.join(root, safe_name(name, input="name"))
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link (no extra disk) where possible: files of a version are never modified in place."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _image_file(stage: str, it: Item, rel: str) -> tuple[bytes, int, int]:
+    dst = os.path.join(stage, rel)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if it.src_path and it.src_path.lower().endswith(".png"):
+        _link_or_copy(it.src_path, dst)
+        with open(dst, "rb") as fh:
+            data = fh.read()
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+        return data, width, height
+    arr = _u8(load_image(it.src_path)[0] if it.src_path else it.rgb)
+    data = _png_bytes(arr)
+    with open(dst, "wb") as fh:
+        fh.write(data)
+    return data, arr.shape[1], arr.shape[0]
+
+
+def _mask_file(stage: str, it: Item, rel: str) -> str | None:
+    dst = os.path.join(stage, rel)
+    if it.src_mask_path:
+        _link_or_copy(it.src_mask_path, dst)
+        with open(dst, "rb") as fh:
+            return _sha(fh.read())
+    if it.mask is not None and np.asarray(it.mask).size and float(np.asarray(it.mask).max()) > 0:
+        m = np.clip(np.rint(np.asarray(it.mask, np.float32) * 255), 0, 255).astype(np.uint8)
+        data = _png_bytes(m, "L")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with open(dst, "wb") as fh:
+            fh.write(data)
+        return _sha(data)
+    return None
+
+
+def _unique_rel(it: Item, used: set[str]) -> str:
+    if it.keep_file:
+        rel = store.check(it.keep_file, store.RelPath(), what="file", input="filenames")
+        if rel.lower() in used:
+            raise ContinuityError(f"the file {store.shown(rel)} is listed twice", input="filenames")
+        used.add(rel.lower())
+        return rel
+    folder = _folder(it.folder)
+    stem = _stem(it.filename)
+    cand, n = stem, 1
+    while True:
+        rel = f"{folder}/{cand}.png" if folder else f"{cand}.png"
+        if rel.lower() not in used:
+            used.add(rel.lower())
+            return rel
+        n += 1
+        cand = f"{stem}_{n}"
+
+
 def _write_items(stage: str, items: list[Item], caption_extension: str) -> list[dict]:
-    os.makedirs(os.path.join(stage, "masks"), exist_ok=True)
     used: set[str] = set()
     records = []
     for it in items:
-        stem = _stem(it.filename)
-        cand, n = stem, 1
-        while cand.lower() in used:
-            n += 1
-            cand = f"{stem}_{n}"
-        used.add(cand.lower())
-        fname = cand + ".png"
-        dst = os.path.join(stage, fname)
-        if it.src_path:
-            if it.src_path.lower().endswith(".png"):
-                shutil.copyfile(it.src_path, dst)
-            else:
-                rgb, _ = load_image(it.src_path)
-                with open(dst, "wb") as fh:
-                    fh.write(_png_bytes(_u8(rgb)))
-            with open(dst, "rb") as fh:
-                data = fh.read()
-            with Image.open(dst) as im:
-                width, height = im.size
-        else:
-            arr = _u8(it.rgb)
-            data = _png_bytes(arr)
-            with open(dst, "wb") as fh:
-                fh.write(data)
-            height, width = arr.shape[:2]
-        rec = {"file": fname, "width": int(width), "height": int(height),
-               "sha256": hashlib.sha256(data).hexdigest(),
-               "caption": it.caption.strip(), "caption_file": None, "mask_file": None,
-               "source": it.source or it.filename, "fixed_from": it.fixed_from or None,
-               "scores": it.scores or {}}
-        if it.caption.strip():
-            cap = cand + caption_extension
+        caption = store.check_text(it.caption.strip(), input="captions", max_len=MAX_CAPTION)
+        rel = _unique_rel(it, used)
+        data, width, height = _image_file(stage, it, rel)
+        rec: dict[str, Any] = {
+            "file": rel, "width": int(width), "height": int(height), "sha256": _sha(data),
+            "caption": caption, "caption_file": None, "mask_file": None, "mask_sha256": None,
+            "source": store.printable(it.source or it.filename)[:1000],
+            "fixed_from": it.fixed_from or None, "scores": it.scores or {}}
+        if caption:
+            cap = os.path.splitext(rel)[0] + caption_extension
             with open(os.path.join(stage, cap), "w", encoding="utf-8") as fh:
-                fh.write(it.caption.strip() + "\n")
+                fh.write(caption + "\n")
             rec["caption_file"] = cap
-        if it.src_mask_path:
-            mf = os.path.join("masks", fname)
-            shutil.copyfile(it.src_mask_path, os.path.join(stage, mf))
-            rec["mask_file"] = mf.replace(os.sep, "/")
-        elif it.mask is not None and np.asarray(it.mask).size and float(np.asarray(it.mask).max()) > 0:
-            m = np.clip(np.rint(np.asarray(it.mask, np.float32) * 255), 0, 255).astype(np.uint8)
-            mf = os.path.join("masks", fname)
-            with open(os.path.join(stage, mf), "wb") as fh:
-                fh.write(_png_bytes(m, "L"))
-            rec["mask_file"] = mf.replace(os.sep, "/")
+        mrel = "masks/" + rel
+        msha = _mask_file(stage, it, mrel)
+        if msha:
+            rec["mask_file"], rec["mask_sha256"] = mrel, msha
         records.append(rec)
-    if not os.listdir(os.path.join(stage, "masks")):
-        os.rmdir(os.path.join(stage, "masks"))
     return records
 
 
 def save_version(root: str, name: str, items: list[Item], *, note: str = "", parent: int | None = None,
-                 extra: dict | None = None, caption_extension: str = ".txt") -> Version:
-    """Write ``items`` as the next version of dataset ``name`` under ``root``."""
+                 provenance: dict | None = None, caption_extension: str = ".txt") -> Version:
+    """Write ``items`` as the next version of dataset ``name`` under ``root``: the one writer.
+
+    ``provenance`` says how the version was made (free-form, bounded JSON, stored in the manifest).
+    """
     if not items:
         raise ContinuityError("no images to save", input="images")
+    if len(items) > MAX_ITEMS:
+        raise ContinuityError(f"{len(items)} images; a version holds at most {MAX_ITEMS}", input="images")
+    name = safe_name(name, input="name")
+    note = store.check_text(note, input="note", max_len=MAX_NOTE)
+    caption_extension = store.check(caption_extension, store.Str(pattern=r"\.[A-Za-z0-9_]{1,15}"),
+                                    what="caption_extension", input="caption_extension")
+    prov = store.check(provenance or {}, store.Map(store.JsonValue(max_text=MAX_NOTE), max_items=100),
+                       what="provenance", input="provenance")
     folder = dataset_dir(root, name)
     holder: dict = {}
 
-    def build(stage: str):
+    def build(stage: str, n: int) -> None:
         records = _write_items(stage, items, caption_extension)
-        # the stage folder is named after the version it becomes (".partial-vN-..."); the folder
-        # name stays the authority on the number
-        m = re.match(r"^\.partial-v(\d+)-", os.path.basename(stage))
         manifest = {
-            "format": FORMAT, "name": name, "version": int(m.group(1)) if m else None, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "format": FORMAT, "name": name, "version": n,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "parent": f"v{parent}" if parent else None, "note": note, "count": len(records),
-            "caption_extension": caption_extension, "items": records,
+            "caption_extension": caption_extension, "items": records, "provenance": prov,
         }
-        if extra:
-            manifest.update(extra)
-        holder["manifest"] = manifest
-        with open(os.path.join(stage, MANIFEST), "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
+        holder["manifest"] = store.write_json(os.path.join(stage, MANIFEST), manifest, kind=KIND,
+                                              context=f"{name}/v{n}")
 
-    number, path = new_version_folder(folder, build)
-    manifest = holder["manifest"]
-    # the version number is only certain once the folder is in place: record it in the returned
-    # value (the file itself names the version by its folder)
-    manifest = dict(manifest, version=number)
-    return Version(name=name, number=number, path=path, manifest=manifest)
+    number, path = store.new_version_folder(folder, build)
+    manifest = {k: v for k, v in holder["manifest"].items() if k != "signature"}
+    return Version(name=name, number=number, path=os.path.realpath(path), manifest=manifest)
 
 
-def load_version(root: str, name: str, version: int = 0) -> Version:
-    """Version ``version`` of dataset ``name`` (0: the latest)."""
+def versions_of(root: str, name: str) -> list[int]:
+    return store.existing_versions(dataset_dir(root, name))
+
+
+def load_version(root: str, name: str, version: int = 0, *, input: str | None = "version") -> Version:
+    """Version ``version`` of dataset ``name`` (0: the latest), read and checked through the store."""
     folder = dataset_dir(root, name)
-    versions = existing_versions(folder)
+    versions = store.existing_versions(folder)
     if not versions:
-        raise ContinuityError(f"there is no dataset '{name}' (no v1, v2, ... in {folder})", input="name")
+        raise ContinuityError(f"there is no dataset {store.shown(name)} (no saved versions)", input="name")
     n = versions[-1] if not version else int(version)
     if n not in versions:
-        raise ContinuityError(f"dataset '{name}' has no v{n} (it has {', '.join('v%d' % v for v in versions)})",
-                              input="version")
-    path = os.path.join(folder, f"v{n}")
-    mpath = os.path.join(path, MANIFEST)
-    try:
-        with open(mpath, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ContinuityError(f"cannot read {mpath}: {exc}", input="version") from exc
-    manifest = dict(manifest, version=n)
+        raise ContinuityError(f"dataset {store.shown(name)} has no v{n} (it has "
+                              f"{', '.join(f'v{v}' for v in versions[-20:])})", input="version")
+    path = store.version_path(folder, n, input=input)
+    manifest = store.read_json(path, MANIFEST, MANIFEST_SCHEMA, kind=KIND, context=f"{name}/v{n}", input=input,
+                               what=f"the manifest of {name}/v{n}")
+    if manifest["name"] != name or manifest["version"] != n:
+        raise store.StoreError(f"the manifest of {name}/v{n} describes another version; refused", input=input)
     return Version(name=name, number=n, path=path, manifest=manifest)
+
+
+def from_value(root: str, value: Any, *, input: str = "dataset") -> Version:
+    """The version a DATASET socket value names, read again through the store (never trusted as given)."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or \
+            isinstance(value.get("version"), bool) or not isinstance(value.get("version"), int):
+        raise ContinuityError("not a dataset version (connect Save or Load Dataset Version)", input=input)
+    return load_version(root, value["name"], value["version"], input=input)
+
+
+def read_items(ver: Version, *, input: str | None = "version", max_side: int | None = None) -> list[LoadedItem]:
+    """Every image of a version with its mask and caption: the one reader of version files."""
+    out = []
+    for rec in ver.items:
+        rgb, _ = load_image(ver.image_path(rec, input=input), max_side=max_side, input=input)
+        mask = None
+        mpath = ver.mask_path(rec, input=input)
+        if mpath:
+            m, _ = load_image(mpath, max_side=max_side, input=input)
+            if m.shape[:2] != rgb.shape[:2]:
+                raise store.StoreError(f"the mask of {store.shown(rec['file'])} does not match its image's size",
+                                       input=input)
+            mask = m[..., 0]
+        out.append(LoadedItem(rec["file"], rgb, mask, rec["caption"]))
+    return out
 
 
 @dataclass
@@ -207,23 +352,30 @@ class Fix:
     source: str = ""
 
 
+def carried_over(base: Version, rec: dict, *, input: str | None = "dataset") -> Item:
+    """An item of ``base`` carried into a new version as it is (its files confined and hash-checked)."""
+    return Item(filename=rec["file"], keep_file=rec["file"], caption=rec["caption"], source=rec["source"],
+                fixed_from=rec["fixed_from"] or "", scores=rec["scores"],
+                src_path=base.image_path(rec, input=input), src_mask_path=base.mask_path(rec, input=input) or "")
+
+
 def merge_fixed(root: str, base: Version, fixes: list[Fix], *, note: str = "",
-                caption_extension: str = ".txt") -> Version:
+                caption_extension: str | None = None) -> Version:
     """The next version: every image of ``base``, with the fixed ones replaced or added."""
     if not fixes:
         raise ContinuityError("no fixed images to merge", input="fixed_images")
-    by_file = {}
+    by_file: dict[str, dict] = {}
     for rec in base.items:
         by_file[rec["file"]] = rec
         by_file[os.path.splitext(rec["file"])[0]] = rec
     replaced: dict[str, Fix] = {}
     added: list[Fix] = []
     for fx in fixes:
-        key = os.path.basename((fx.target or "").replace("\\", "/"))
+        key = (fx.target or "").replace("\\", "/")
         rec = by_file.get(key) or by_file.get(os.path.splitext(key)[0])
         if rec is not None:
             if rec["file"] in replaced:
-                raise ContinuityError(f"two fixed images target '{rec['file']}'", input="filenames")
+                raise ContinuityError(f"two fixed images target {store.shown(rec['file'])}", input="filenames")
             replaced[rec["file"]] = fx
         else:
             added.append(fx)
@@ -232,18 +384,14 @@ def merge_fixed(root: str, base: Version, fixes: list[Fix], *, note: str = "",
     for rec in base.items:
         fx = replaced.get(rec["file"])
         if fx is None:
-            items.append(Item(filename=rec["file"], caption=rec.get("caption", ""),
-                              source=rec.get("source", ""), fixed_from=rec.get("fixed_from") or "",
-                              scores=rec.get("scores", {}),
-                              src_path=os.path.join(base.path, rec["file"]),
-                              src_mask_path=os.path.join(base.path, rec["mask_file"]) if rec.get("mask_file") else ""))
+            items.append(carried_over(base, rec))
         else:
-            items.append(Item(filename=rec["file"], rgb=fx.rgb, caption=fx.caption or rec.get("caption", ""),
-                              mask=fx.mask, source=fx.source or rec.get("source", ""),
-                              fixed_from=f"{here}/{rec['file']}", scores=fx.scores))
+            items.append(Item(filename=rec["file"], keep_file=rec["file"], rgb=fx.rgb,
+                              caption=fx.caption or rec["caption"], mask=fx.mask,
+                              source=fx.source or rec["source"], fixed_from=f"{here}/{rec['file']}", scores=fx.scores))
     for k, fx in enumerate(added):
         items.append(Item(filename=fx.target or f"added_{k + 1}", rgb=fx.rgb, caption=fx.caption, mask=fx.mask,
                           source=fx.source or "feedback loop", scores=fx.scores))
-    extra = {"merged_from": here, "replaced": sorted(replaced), "added": len(added)}
-    return save_version(root, base.name, items, note=note, parent=base.number, extra=extra,
-                        caption_extension=caption_extension)
+    provenance = {"step": "merge", "merged_from": here, "replaced": sorted(replaced), "added": len(added)}
+    return save_version(root, base.name, items, note=note, parent=base.number, provenance=provenance,
+                        caption_extension=caption_extension or base.manifest["caption_extension"])
