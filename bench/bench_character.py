@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from continuity import character as charlib  # noqa: E402
-from continuity.character import growth, plan as planlib  # noqa: E402
+from continuity import character as charlib
+from continuity.character import growth, plan as planlib
 
 FACES = REPO / "assets" / "faces"
 

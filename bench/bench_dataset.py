@@ -17,11 +17,11 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(REPO)
 
-from continuity import faces  # noqa: E402
-from continuity.dataset import audit as au  # noqa: E402
-from continuity.dataset import sheet as sh  # noqa: E402
-from continuity.dataset import square as sq  # noqa: E402
-from continuity.faces import embedders  # noqa: E402
+from continuity import faces
+from continuity.dataset import audit as au
+from continuity.dataset import sheet as sh
+from continuity.dataset import square as sq
+from continuity.faces import embedders
 
 
 def faces_dir():

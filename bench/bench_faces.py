@@ -16,9 +16,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 
-from continuity.faces import get_detector, get_parser, load_analyzer  # noqa: E402
-from continuity.faces import mediapipe_backend as mpb  # noqa: E402
-from continuity.faces.masks import region_masks  # noqa: E402
+from continuity.faces import get_detector, get_parser, load_analyzer
+from continuity.faces import mediapipe_backend as mpb
+from continuity.faces.masks import region_masks
 
 
 def timed(fn, runs):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from continuity import geometry as g  # noqa: E402
+from continuity import geometry as g
 
 REFERENCE = {"a": 0.97, "b": 4.1, "c": 11.0}
 
@@ -75,12 +75,13 @@ def main():
         img, mask = case(name)
         g.crop_for_inpaint(img, mask, target=args.target)  # warm the weight caches once
         crop_med, crop_min, (crops, cmasks, rec) = timeit(
-            lambda: g.crop_for_inpaint(img, mask, target=args.target), args.repeats)
+            lambda img=img, mask=mask: g.crop_for_inpaint(img, mask, target=args.target), args.repeats)
         # paste crops that were changed everywhere (an unchanged crop is skipped, which would flatter us)
         edited = torch.from_numpy(crops * np.float32(0.9) + np.float32(0.05))
-        paste_med, paste_min, _ = timeit(lambda: torch.from_numpy(g.paste_back(rec, edited)), args.repeats)
+        paste_med, paste_min, _ = timeit(lambda rec=rec, edited=edited: torch.from_numpy(g.paste_back(rec, edited)),
+                                     args.repeats)
 
-        def both():
+        def both(img=img, mask=mask):
             c, m, r = g.crop_for_inpaint(img, mask, target=args.target)
             return torch.from_numpy(g.paste_back(r, c * np.float32(0.9) + np.float32(0.05)))
 

@@ -23,9 +23,9 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(REPO)
 
-from continuity.faces.embedders import get_embedder  # noqa: E402
-from continuity.scoring.cache import EmbeddingCache, content_hash  # noqa: E402
-from continuity.scoring.similarity import get_face_detector, score_set  # noqa: E402
+from continuity.faces.embedders import get_embedder
+from continuity.scoring.cache import EmbeddingCache, content_hash
+from continuity.scoring.similarity import get_face_detector, score_set
 
 FACES = next((p for p in (os.path.join(REPO, "assets", "faces"),
                           os.path.join(os.path.dirname(REPO), "shared", "data", "faces"))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from continuity.training import build_command, create_job, load_preset  # noqa: E402
+from continuity.training import build_command, create_job, load_preset
 
 
 def main():
@@ -21,7 +21,6 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--reg", type=int, default=0, help="regularization images (also written as PNG)")
     a = ap.parse_args()
-    rng = np.random.default_rng(0)
     t = time.perf_counter()
     # real photos (assets/faces, upscaled to the size) as float32 arrays, the way IMAGE tensors arrive
     from PIL import Image

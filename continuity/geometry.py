@@ -134,6 +134,7 @@ def square_box(bbox: tuple[int, int, int, int] | None, height: int, width: int, 
         ctx = 1.0
     else:
         ctx = context
+    assert bbox is not None
     bx0, by0, bx1, by1 = bbox
     longest = max(bx1 - bx0, by1 - by0)
     side = max(int(math.ceil(longest * ctx - 1e-9)), int(min_size), 1)
@@ -493,6 +494,7 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
         window = (rx0, ry0, rx1, ry1)
         old = out[i, ry0:ry1, rx0:rx1, :ch]
         if as_delta:
+            assert ref is not None
             change = c[i] - ref[i, ..., :ch]
             if not change.any():
                 continue

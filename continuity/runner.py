@@ -221,18 +221,17 @@ def _listen_ws(url: str, client_id: str, on_event, stop: threading.Event, ready:
         return
 
     async def run():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(ws_url) as ws:
-                ready.set()
-                while not stop.is_set():
-                    try:
-                        msg = await ws.receive(timeout=1)
-                    except asyncio.TimeoutError:
-                        continue
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        on_event(json.loads(msg.data))
-                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        break
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+            ready.set()
+            while not stop.is_set():
+                try:
+                    msg = await ws.receive(timeout=1)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    on_event(json.loads(msg.data))
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
     try:
         asyncio.run(run())
     except Exception:
@@ -247,7 +246,7 @@ def output_files(history_entry: dict) -> list[dict]:
     """Every file the outputs of a finished prompt point at (images, gifs, our reports)."""
     files = []
     for node_out in history_entry.get("outputs", {}).values():
-        for key, items in node_out.items():
+        for items in node_out.values():
             if not isinstance(items, list):
                 continue
             for item in items:
@@ -338,7 +337,7 @@ class LocalComfyUI:
             self.cmd += ["--base-directory", os.path.abspath(base_directory)]
         self.cmd += extra_args or []
         self.log_path = log_path
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
 
     def __enter__(self):
         if not os.path.isfile(os.path.join(self.comfy_dir, "main.py")):
@@ -346,11 +345,12 @@ class LocalComfyUI:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.cmd, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = self.proc
         client = Client(self.url, timeout=5)
         deadline = time.time() + 300
         while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RunnerError(f"ComfyUI exited with code {self.proc.returncode}" +
+            if proc.poll() is not None:
+                raise RunnerError(f"ComfyUI exited with code {proc.returncode}" +
                                   (f"; see {self.log_path}" if self.log_path else ""))
             try:
                 client.get_json("/system_stats")

@@ -98,7 +98,8 @@ def _flow_cv(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
                                             poly_n=5, poly_sigma=1.2, flags=0)
     dis = getattr(_dis_local, "dis", None)
     if dis is None:
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        dis = cv2.DISOpticalFlow_create(  # type: ignore[attr-defined]  # missing from the stubs
+            cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         _dis_local.dis = dis
     return dis.calc(a, b, None)
 
@@ -151,13 +152,13 @@ def _flow_raft(frames: list[np.ndarray], net, device: str = "cpu", iters: int = 
 
     def prep(x):
         t = torch.from_numpy(as_uint8_rgb(x)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1.0
-        return F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False) if (H, W) != (h, w) else t
+        return F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False) if (h, w) != (H, W) else t
 
     with torch.inference_mode():
         for a, b in zip(frames[:-1], frames[1:]):
             flows = net(prep(a), prep(b), num_flow_updates=iters)
             f = flows[-1][0].permute(1, 2, 0).float().cpu().numpy()
-            if (H, W) != (h, w):
+            if (h, w) != (H, W):
                 import cv2
                 f = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
                 f[..., 0] *= w / W
@@ -246,7 +247,7 @@ def region_weights(mags: list[np.ndarray], n_frames: int, out_size: tuple[int, i
         f = (m / mx * 255.0) if mx > 1e-6 else np.zeros_like(m)
         wmap = np.clip(f / 255.0 + 0.5, 1.0, 1.5).astype(np.float32)
         if out_size is not None and wmap.shape[:2] != out_size:
-            wmap = cv2.resize(wmap, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR)
+            wmap = cv2.resize(wmap, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
         maps.append(wmap)
     seq = [maps[0]] + maps
     return np.stack(seq[:n_frames])

@@ -36,7 +36,7 @@ class CharacterChooser:
             if self.char is None:
                 raise ContinuityError("which is 'character' but no character is connected: connect Load Character "
                                       "(or choose another face)", input="character")
-            from .character import face_backend  # noqa: PLC0415  (FACE_MODEL duck-typing, shared)
+            from .character import face_backend
             self.det, self.emb, _ = face_backend(face_model)
 
     def note(self) -> str | None:
@@ -49,7 +49,7 @@ class CharacterChooser:
     def identity_line(self) -> str | None:
         if not self.active:
             return None
-        from ..continuity.character.identity import character_identity  # noqa: PLC0415
+        from ..continuity.character.identity import character_identity
         return character_identity(self.char, self.emb, detector=self.det).describe()
 
     def match(self, rgb, faces, image_index: int) -> FaceMatch:

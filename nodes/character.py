@@ -441,7 +441,7 @@ def fix_faces_and_rescore(char, images: list[np.ndarray], scores: list[float | N
 
     from ..continuity import geometry
     from ..continuity.faces.base import as_uint8_rgb
-    from . import fix as fixmod  # the face fix's two-pass sampler (issue 4)
+    from . import fix as fixmod  # the face fix's two-pass sampler
     if rule not in ("not_lower", "higher"):
         raise ValueError(f"unknown rule {rule}")
     positives = list(positive) if isinstance(positive, tuple) else [positive] * len(images)
@@ -559,7 +559,7 @@ class GrowCharacterLayer(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("images")
-    def execute(cls, character, images, model, clip, vae, from_layer, resolution, candidates, seed, steps, cfg,
+    def execute(cls, character, images, model, clip, vae, from_layer, resolution, candidates, seed, steps, cfg,  # noqa: C901
                 sampler_name, scheduler, prompt, negative, feathering, lora_strength, fix_faces, fix_denoise,
                 fix_size, threshold, face_model=None, filenames=None, clip_vision=None,
                 clip_style_threshold=None) -> io.NodeOutput:
@@ -590,7 +590,7 @@ class GrowCharacterLayer(io.ComfyNode):
         text = char.prompt(", ".join(t for t in (growth.LAYER_PROMPT[layer], g["prompt"].strip()) if t))
         pos = _encode_text(clip_l, text)
         neg = _encode_text(clip_l, g["negative"])
-        from . import fix as fixmod  # the face fix's two-pass sampler (issue 4)
+        from . import fix as fixmod  # the face fix's two-pass sampler
         is_inpaint = fixmod._is_inpaint_model(model_l)
         pbar = comfy.utils.ProgressBar(len(srcs) * g["candidates"])
         import time
@@ -598,7 +598,6 @@ class GrowCharacterLayer(io.ComfyNode):
         t0 = time.perf_counter()
         cands: list = []
         outs: list[np.ndarray] = []
-        unfixed: list[np.ndarray] = []
         for i, src in enumerate(srcs):
             src = src[..., :3].float()
             h, w = src.shape[:2]
@@ -650,7 +649,7 @@ class GrowCharacterLayer(io.ComfyNode):
                 c.fixed, c.reason = o["kept"], ""
                 if c.fixed:
                     outs[j], c.identity, c.faces = o["image"], o["score"], o["faces"]
-                setattr(c, "fix_note", o["note"])
+                c.fix_note = o["note"]
         timings["fix_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         need_style = char.style == "animated"
@@ -935,7 +934,7 @@ class CharacterTrainingPlan(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("plan")
-    def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",
+    def execute(cls, character, plan, custom_plan, training_preset, checkpoint, overrides, dataset_path="",  # noqa: C901
                 job_prefix="", model=None, clip=None, vae=None, eval_images=0, eval_resolution=1024, eval_steps=25,
                 face_model=None, refine_images=8) -> io.NodeOutput:
         import comfy.model_management

@@ -273,11 +273,11 @@ class CutCompositeSheet(io.ComfyNode):
                 crop = u8[y0:y1, x0:x1]
                 if size > 0 and (crop.shape[0] != size or crop.shape[1] != size):
                     if square:
-                        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+                        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
                     else:
                         s = size / max(crop.shape[:2])
                         crop = np.asarray(Image.fromarray(crop).resize(
-                            (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), Image.LANCZOS))
+                            (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), Image.Resampling.LANCZOS))
                 out_images.append(_common.np_to_image(crop.astype(np.float32) / 255.0))
                 records.append({"sheet": si, "panel": [int(v) for v in p.box], "crop": [int(v) for v in box],
                                 "how": p.how, "faces": len(p.faces)})

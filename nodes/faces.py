@@ -78,7 +78,7 @@ class FaceModelLoader(io.ComfyNode):
     @_common.reports_errors("backend")
     def execute(cls, backend, parser, embedder, device) -> io.NodeOutput:
         if device == "auto":
-            import comfy.model_management as mm  # noqa: PLC0415
+            import comfy.model_management as mm
             device = str(mm.get_torch_device())
         analyzer = cf.load_analyzer(backend, device=device, models_dir=_models_dir(backend), parser=parser,
                                     parser_models_dir=_models_dir("retinaface") if parser == "bisenet" else None,

@@ -503,7 +503,7 @@ def _character_conditioning(char, model, model_2, positive, clip, prompt: str, s
         raise ContinuityError("the prompt text needs clip to be encoded: connect clip and leave positive "
                               "unconnected (or empty the prompt)", input="clip")
     if char is not None:
-        from .character import _apply_character_lora  # noqa: PLC0415  (shared with Grow Character Layer)
+        from .character import _apply_character_lora
         with_lora, clip, note = _apply_character_lora(char, model, clip, strength)
         if model_2 is not None and with_lora is not model:      # the LoRA was applied: pass 2 gets it too
             model_2, _, _ = _apply_character_lora(char, model_2, None, strength)

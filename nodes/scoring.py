@@ -26,7 +26,7 @@ def _device() -> str:
     try:
         import comfy.model_management as mm
         return str(mm.get_torch_device())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "cpu"
 
 

@@ -301,7 +301,7 @@ class TrainLoRA(io.ComfyNode):
                 steps, learning_rate, network_dim, network_alpha, overrides, images=None, masks=None,
                 captions=None, dataset=None, reg_images=None, clip_l=None, t5xxl=None, ae=None,
                 continue_from=None, character=None) -> io.NodeOutput:
-        first = lambda v, d=None: (v[0] if isinstance(v, list) and v else (d if isinstance(v, list) or v is None else v))  # noqa: E731
+        first = lambda v, d=None: (v[0] if isinstance(v, list) and v else (d if isinstance(v, list) or v is None else v))
         if first(character) is not None:   # a CHARACTER in place of the separate token / class phrase
             from ..continuity.character import as_character
             char = as_character(first(character))

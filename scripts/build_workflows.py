@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
-import harness  # noqa: E402
+import harness
 
 API_DIR = REPO / "example_workflows" / "api"
 UI_DIR = REPO / "example_workflows"

@@ -9,7 +9,6 @@ names in ``_meta.example_files`` (from assets/faces), queues the workflow with a
     python scripts/main_job.py [--out out/main-job] [--workflow example_workflows/api/consistency_evaluation.json]
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from continuity import runner  # noqa: E402
+from continuity import runner
 
 
 def comfyui_dir() -> Path:

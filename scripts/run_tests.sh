@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: builds the test environment if needed, then runs every tier of the tests
-# (core units, in-process ComfyUI, the live server, the frontend in headless Chromium).
+# (core units, in-process ComfyUI, the live server, the frontend in headless Chromium), after ruff and mypy.
 # Extra arguments go to pytest, e.g. `bash scripts/run_tests.sh -k faces`.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +24,14 @@ if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 VENV="${CONTINUITY_ENV:-$REPO/.testenv}/venv"
+
+# Lint (ruff, with the complexity ceiling) and types (mypy on the core) first: cheap, and a failure
+# stops the run before the slow tiers. Configuration: pyproject.toml.
+t0=$(date +%s)
+"$VENV/bin/ruff" check .
+"$VENV/bin/mypy"
+echo "lint and types clean in $(( $(date +%s) - t0 )) s"
+
 t0=$(date +%s)
 set +e
 "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from continuity.runner import main  # noqa: E402
+from continuity.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

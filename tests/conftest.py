@@ -10,7 +10,7 @@ import pytest
 SUPPORT = Path(__file__).resolve().parent / "support"
 sys.path.insert(0, str(SUPPORT))
 
-import harness  # noqa: E402
+import harness
 
 REPO = harness.REPO
 # The core package is imported as `continuity`. The repo root goes at the *end* of sys.path: it

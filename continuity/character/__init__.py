@@ -1,4 +1,4 @@
-"""Character profiles, layered dataset growth and multi-stage training plans (issue 9).
+"""Character profiles, layered dataset growth and multi-stage training plans.
 
 Accessor API for the other stages (a node that takes an optional ``character`` input reads these
 instead of its separate inputs; see ``docs/character.md``)::

@@ -237,7 +237,8 @@ def apply_filter(cands: list[Candidate], *, threshold: float | None, style_thres
             c.kept, c.reason = False, "no face found" if not c.face_found else "face not scored"
         elif threshold is not None and c.identity < threshold:
             c.kept, c.reason = False, f"identity {c.identity:.3f} < threshold {threshold:.3f}"
-        elif use_clip and (c.clip_style is None or c.clip_style < clip_style_threshold):
+        elif use_clip and clip_style_threshold is not None and (c.clip_style is None
+                                                                 or c.clip_style < clip_style_threshold):
             v = c.clip_style if c.clip_style is not None else float("nan")
             c.kept, c.reason = False, f"CLIP-I style {v:.3f} < {clip_style_threshold:.3f}"
         elif need_style and not use_clip and style_threshold is not None and (c.style is None or c.style < style_threshold):

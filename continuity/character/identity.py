@@ -113,7 +113,7 @@ def _file_stamp(folder: str | None, rel) -> tuple:
 
 
 def _from_portraits(char, embedder, model, threshold, detector, cache, note="") -> CharacterIdentity:
-    from ..scoring.similarity import embed_images  # noqa: PLC0415
+    from ..scoring.similarity import embed_images
     paths = char.reference_images()
     if not paths:
         raise ContinuityError(f"the profile '{char.name}' has no reference portraits and no stored {model} "
@@ -121,7 +121,7 @@ def _from_portraits(char, embedder, model, threshold, detector, cache, note="") 
                               input="character")
     refs = [as_uint8_rgb(a) for a in char.load_reference_images()]
     found = [r.embedding for r in embed_images(refs, embedder, detector=detector, policy="largest", cache=cache)
-             if r.found]
+             if r.found and r.embedding is not None]
     if not found:
         raise ContinuityError(f"no face was found in the {len(refs)} reference portrait(s) of '{char.name}', so "
                               "the character cannot be recognised", input="character")
@@ -141,7 +141,7 @@ def clear_cache() -> None:
 def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: EmbeddingCache | None = None) -> np.ndarray:
     """(len(faces), D) identity embeddings of ``faces`` in ``rgb``; each face embedded once per image
     content (cached), the others of a call in one batch."""
-    from ..scoring.similarity import default_cache  # noqa: PLC0415
+    from ..scoring.similarity import default_cache
     cache = default_cache if cache is None else cache
     if not faces:
         return np.zeros((0, int(getattr(embedder, "dim", 0) or 0)), np.float32)
@@ -156,7 +156,7 @@ def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: Embeddin
         for i, v in zip(todo, vecs):
             out[i] = _normalised(v)
             cache.put(keys[i], out[i])
-    return np.stack(out).astype(np.float32)
+    return np.stack([v for v in out if v is not None]).astype(np.float32)
 
 
 @dataclass
@@ -178,7 +178,7 @@ class FaceMatch:
     @property
     def chosen(self) -> Face | None:
         """The character's face, or None (no face, or the most similar one is below the threshold)."""
-        return self.faces[self.best] if self.passed else None
+        return self.faces[self.best] if self.passed and self.best is not None else None
 
     def describe(self, image_index: int | None = None) -> str:
         where = "" if image_index is None else f"image {image_index}: "

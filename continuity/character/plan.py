@@ -82,7 +82,7 @@ class Plan:
         return asdict(self)
 
 
-def parse_plan(spec: str | dict, *, input: str = "plan") -> Plan:
+def parse_plan(spec: str | dict, *, input: str = "plan") -> Plan:  # noqa: C901
     """A plan from JSON text, a dict, or a preset name; clear errors for anything malformed."""
     if isinstance(spec, str):
         text = spec.strip()
@@ -313,7 +313,7 @@ def format_report(plan: Plan, results: list[StageResult], error: str | None = No
                          f"({f.get('subfolder', '')}/, the previous version's {f.get('previous_images', '?')} images as they were)")
         if prev is None and rep:
             lines.append(f"   consistency: {_consistency(rep)} (no earlier LoRA to compare with)")
-        elif rep or (prev is not None and prev.report):
+        elif prev is not None and (rep or prev.report):
             lines.append(f"   consistency before (stage {prev.index}'s LoRA): {_consistency(prev.report)}; "
                          f"after: {_consistency(rep)}")
         prev = r
@@ -366,7 +366,7 @@ def select_refined(images: list[RefineImage], threshold: float | None) -> list[R
             im.kept, im.reason = False, "no face found"
         elif threshold is None:
             im.kept, im.reason = True, f"identity {im.score:.3f} scored (no threshold)"
-        elif im.score >= threshold:
+        elif im.score is not None and im.score >= threshold:
             im.kept = True
             im.reason = (f"fixed: identity {im.before:.3f} -> {im.score:.3f} >= threshold {threshold:.3f}" if im.fixed
                          else f"identity {im.score:.3f} >= threshold {threshold:.3f}")

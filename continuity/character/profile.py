@@ -429,6 +429,7 @@ def record_dataset(root: str, name: str, *, version: int | str, path: str, note:
     rec = {"version": version, "path": path, "note": note, "time": _now(), **(extra or {})}
 
     def apply(latest: Character | None):
+        assert latest is not None  # create=False: commit() raises for a missing character
         latest.datasets = latest.datasets + [rec]
         return latest, {"datasets": [rec]}
     return commit(root, name, apply, action="dataset", summary=f"dataset version {version}", create=False)
@@ -442,6 +443,7 @@ def record_lora(root: str, name: str, *, lora_name: str, path: str = "", stage: 
            "report": report or {}, "time": _now(), **(extra or {})}
 
     def apply(latest: Character | None):
+        assert latest is not None  # create=False: commit() raises for a missing character
         latest.loras = latest.loras + [rec]
         return latest, {"loras": [rec]}
     return commit(root, name, apply, action="training", summary=f"LoRA {lora_name} (stage {stage})", create=False)

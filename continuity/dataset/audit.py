@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -94,7 +95,7 @@ def pose_class(yaw: float, pitch: float, yaw_threshold: float = 20.0, pitch_thre
 
 
 def dhash(rgb: np.ndarray, size: int = 8) -> int:
-    grey = Image.fromarray(as_uint8_rgb(rgb)).convert("L").resize((size + 1, size), Image.BILINEAR)
+    grey = Image.fromarray(as_uint8_rgb(rgb)).convert("L").resize((size + 1, size), Image.Resampling.BILINEAR)
     a = np.asarray(grey, np.int16)
     bits = (a[:, 1:] > a[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
@@ -126,14 +127,14 @@ def _analyse(rgb: np.ndarray, detector, embedder, opt: AuditOptions, person_mask
         return hit
     h, w = u8.shape[:2]
     s = min(1.0, opt.analysis_side / max(h, w))
-    work = u8 if s >= 1.0 else np.asarray(Image.fromarray(u8).resize((round(w * s), round(h * s)), Image.BILINEAR))
+    work = u8 if s >= 1.0 else np.asarray(Image.fromarray(u8).resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR))
     faces = detector.detect(work) if detector is not None else []
     mask = person_mask_fn(work) if (opt.use_person_mask and person_mask_fn is not None and faces) else None
     emb = None
     if embedder is not None and faces:
         try:
             emb = np.asarray(embedder.embed(work, faces[:1]), np.float32)[0]
-        except Exception:  # noqa: BLE001 - an embedding failure marks the image, never stops the audit
+        except Exception:
             emb = None
     res = _Analysis(faces=faces, mask=mask, embedding=emb, dhash=dhash(work), scale=s)
     _cache.put(key, res)
@@ -152,7 +153,7 @@ class AuditResult:
                 "summary": self.summary, "missing": self.missing}
 
 
-def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=None, embedder=None,
+def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=None, embedder=None,  # noqa: C901
           person_mask_fn=None, options: AuditOptions | None = None, threshold: float | None = None,
           workers: int = 2, progress=None, reference: np.ndarray | None = None) -> AuditResult:
     """Audit a set of images (uint8 or float RGB arrays).
@@ -196,7 +197,7 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
             row.extent = round(visible_extent(f.box, round(h * an.scale), an.mask), 2)
             row.framing = framing_class(row.extent)
             row.scale = SCALES[row.framing]
-            from ..faces import head_pose  # noqa: PLC0415
+            from ..faces import head_pose
             if f.landmarks5 is not None or f.mesh is not None:
                 yaw, pitch, _ = head_pose(f)
                 row.yaw, row.pitch = round(yaw, 1), round(pitch, 1)
@@ -231,7 +232,7 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
         mat = np.stack([e for _, e in embs])
         mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
         total = mat.sum(axis=0)
-        for k, (i, e) in enumerate(embs):
+        for k, (i, _e) in enumerate(embs):
             mean = total - mat[k]
             mean = mean / max(np.linalg.norm(mean), 1e-9)
             sim = float(mat[k] @ mean)
@@ -253,7 +254,7 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
         if close[p] == 0 and coverage["close-up portrait"][p] == 0:
             missing.append(f"no close-up with head {p}")
     n = len(rows)
-    summary = {
+    summary: dict[str, Any] = {
         "count": n, "count_ok": n >= opt.min_count, "min_count": opt.min_count,
         "square": sum(r.square for r in rows), "resolution_ok": sum(r.resolution_ok for r in rows),
         "no_face": sum(r.faces == 0 for r in rows),
@@ -335,7 +336,7 @@ def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 19
     f = _font(max(9, thumb // 16))
     for k, (img, r) in enumerate(zip(images, result.images)):
         t = Image.fromarray(as_uint8_rgb(img))
-        t.thumbnail((thumb - 6, thumb - 6), Image.LANCZOS)
+        t.thumbnail((thumb - 6, thumb - 6), Image.Resampling.LANCZOS)
         x = (k % cols) * thumb
         y = (k // cols) * (thumb + label_h)
         sheet.paste(t, (x + (thumb - t.width) // 2, y + (thumb - t.height) // 2))

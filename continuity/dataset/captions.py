@@ -86,7 +86,7 @@ class Caption:
         parts.extend(e.strip() for e in self.extra if e.strip())
         return ", ".join(parts)
 
-    def with_parts(self, **changes) -> "Caption":
+    def with_parts(self, **changes) -> Caption:
         """A copy with some parts replaced (empty values leave a part as it is)."""
         clean = {k: v for k, v in changes.items() if v not in (None, "", [])}
         return replace(self, **clean)

@@ -121,8 +121,7 @@ def _split_positions(region: np.ndarray, axis: int, opt: SheetOptions, min_len: 
     content = _runs(~flat)
     content = [(a, b) for a, b in content if b - a >= min_len]
     if len(content) > 1 or (len(content) == 1 and content[0] != (0, n)):
-        if len(content) >= 1:
-            return content, "gutter"
+        return content, "gutter"
     if not opt.seams or n < 2 * min_len:
         return [(0, n)], "whole"
     scores = _seam_scores(region, axis)
@@ -130,7 +129,7 @@ def _split_positions(region: np.ndarray, axis: int, opt: SheetOptions, min_len: 
     thr = max(opt.seam_strength, opt.seam_ratio * base)
     cand = [i for i in range(1, n) if scores[i] >= thr
             and scores[i] >= scores[max(0, i - 1)] and scores[i] >= scores[min(n - 1, i + 1)]]
-    cuts = []
+    cuts: list[int] = []
     for i in sorted(cand, key=lambda k: -scores[k]):
         if i < min_len or n - i < min_len:
             continue

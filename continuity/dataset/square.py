@@ -71,6 +71,7 @@ def plan_square(width: int, height: int, *, face_box: Box | None = None, person_
                 m = np.asarray(person_mask) > 0.5
                 cx = float(np.flatnonzero(m.any(axis=0)).mean()) if face_box is None else (face_box[0] + face_box[2]) / 2
             else:
+                assert face_box is not None
                 cx = (face_box[0] + face_box[2]) / 2
             # across: the face centre (the person's centre if there is no face); along: the person if it fits
             if w > h:
@@ -120,7 +121,7 @@ def apply_square(rgb: np.ndarray, plan: SquarePlan, *, pad_color=(0, 0, 0), mask
         crop = canvas
     else:
         crop = arr[y0:y1, x0:x1]
-    out = np.asarray(Image.fromarray(crop).resize((plan.target, plan.target), Image.LANCZOS), np.float32) / 255.0
+    out = np.asarray(Image.fromarray(crop).resize((plan.target, plan.target), Image.Resampling.LANCZOS), np.float32) / 255.0
     out_mask = None
     if mask is not None:
         m = np.asarray(mask, np.float32)
@@ -128,7 +129,7 @@ def apply_square(rgb: np.ndarray, plan: SquarePlan, *, pad_color=(0, 0, 0), mask
         sx0, sy0 = max(0, x0), max(0, y0)
         sx1, sy1 = min(w, x1), min(h, y1)
         mc[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = m[sy0:sy1, sx0:sx1]
-        out_mask = np.asarray(Image.fromarray(mc, mode="F").resize((plan.target, plan.target), Image.BILINEAR), np.float32)
+        out_mask = np.asarray(Image.fromarray(mc, mode="F").resize((plan.target, plan.target), Image.Resampling.BILINEAR), np.float32)
         out_mask = np.clip(out_mask, 0, 1)
     return out, out_mask
 

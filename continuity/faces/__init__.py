@@ -35,6 +35,7 @@ Region names: skin, brows, eyes, nose, mouth, ears, hair, beard, neck, glasses, 
 from __future__ import annotations
 
 import threading
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +61,7 @@ _parsers: dict[tuple, object] = {}
 
 
 def mediapipe_available() -> bool:
-    from . import mediapipe_backend  # noqa: PLC0415
+    from . import mediapipe_backend
     return mediapipe_backend.available()
 
 
@@ -76,16 +77,16 @@ def get_detector(name: str = "dlib", device: str = "cpu", models_dir: str | None
         if det is not None:
             return det
         if name == "dlib":
-            from .dlib_backend import DlibDetector  # noqa: PLC0415
+            from .dlib_backend import DlibDetector
             det = DlibDetector(**opts)
         elif name == "mediapipe":
-            from .mediapipe_backend import MediaPipeDetector  # noqa: PLC0415
+            from .mediapipe_backend import MediaPipeDetector
             det = MediaPipeDetector(**opts)
         elif name == "retinaface":
-            from .facexlib_backend import RetinaFaceDetector  # noqa: PLC0415
+            from .facexlib_backend import RetinaFaceDetector
             det = RetinaFaceDetector(device=device, models_dir=models_dir, **opts)
         elif name == "insightface":
-            from .insightface_backend import InsightFaceDetector  # noqa: PLC0415
+            from .insightface_backend import InsightFaceDetector
             det = InsightFaceDetector(device=device, models_dir=models_dir, **opts)
         else:
             raise ContinuityError(f"unknown face backend '{name}'; choose one of {', '.join(BACKENDS)}",
@@ -105,10 +106,10 @@ def get_parser(name: str = "auto", device: str = "cpu", models_dir: str | None =
         if p is not None:
             return p
         if name in ("mediapipe", "landmarks"):
-            from .masks import BuiltinParser  # noqa: PLC0415
+            from .masks import BuiltinParser
             p = BuiltinParser(use_mediapipe=(name == "mediapipe"), **opts)
         elif name == "bisenet":
-            from .facexlib_backend import BiSeNetParser  # noqa: PLC0415
+            from .facexlib_backend import BiSeNetParser
             p = BiSeNetParser(device=device, models_dir=models_dir, **opts)
         else:
             raise ContinuityError(f"unknown region parser '{name}'; choose one of {', '.join(PARSERS)}",
@@ -122,7 +123,7 @@ class FaceAnalyzer:
     """A loaded face-analysis backend: what the FACE_MODEL socket carries."""
     backend: str
     detector: FaceDetector
-    parser: object
+    parser: Any
     embedder_name: str = "auto"
     device: str = "cpu"
     models_dir: str | None = None
@@ -145,7 +146,7 @@ class FaceAnalyzer:
     def embedder(self):
         """The identity embedder, created on first use by ``continuity.faces.embedders``."""
         try:
-            from . import embedders  # noqa: PLC0415
+            from . import embedders
         except ImportError as exc:
             raise MissingModelError("the identity embedders (continuity.faces.embedders) are not available",
                                     input="face_model") from exc
@@ -170,20 +171,20 @@ def load_analyzer(backend: str = "mediapipe", device: str = "cpu", models_dir: s
 
 
 def face_region_mask(*args, **kwargs):
-    from .masks import face_region_mask as impl  # noqa: PLC0415
+    from .masks import face_region_mask as impl
     return impl(*args, **kwargs)
 
 
 def person_mask(rgb: np.ndarray) -> np.ndarray:
-    from .mediapipe_backend import person_mask as impl  # noqa: PLC0415
+    from .mediapipe_backend import person_mask as impl
     return impl(rgb)
 
 
 def head_pose(face: Face) -> tuple[float, float, float]:
-    from .pose import head_pose as impl  # noqa: PLC0415
+    from .pose import head_pose as impl
     return impl(face)
 
 
 def select_faces(faces: list[Face], which: str = "largest", index: int = 0) -> list[Face]:
-    from .masks import select_faces as impl  # noqa: PLC0415
+    from .masks import select_faces as impl
     return impl(faces, which, index)

@@ -35,7 +35,7 @@ _cache: dict[str, object] = {}
 
 def _dlib():
     try:
-        import dlib  # noqa: PLC0415
+        import dlib
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise MissingModelError(
             "dlib is not installed: install the 'dlib-bin' package (pip install dlib-bin) "
@@ -121,7 +121,7 @@ def landmarks5_from_68(p68: np.ndarray) -> np.ndarray:
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    import cv2  # noqa: PLC0415
+    import cv2
     h, w = rgb.shape[:2]
     return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 

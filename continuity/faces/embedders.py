@@ -319,7 +319,7 @@ class DeepFaceKeras:
                 f"{MODELS[name]['label']} weights not found: put '{DEEPFACE_FILES[name]}' (from {DEEPFACE_URL}, "
                 f"MIT) in {os.path.join(models_dir or '<ComfyUI>/models', 'deepface')}", input="model")
         try:
-            from deepface import DeepFace  # noqa: F401
+            from deepface import DeepFace
         except Exception as exc:  # ImportError, or TensorFlow failing to start
             raise MissingModelError(
                 f"{MODELS[name]['label']}: the weight file is there but running it needs the 'deepface' "
@@ -377,12 +377,12 @@ def availability(models_dir: str | None = None) -> list[Availability]:
             p = find_arcface(models_dir)
             has_rt = importlib.util.find_spec("onnxruntime") is not None
             ok = bool(p) and has_rt
-            why = p if ok else ("no ArcFace ONNX file in models/insightface" if not p else "onnxruntime not installed")
+            why = str(p) if ok else ("no ArcFace ONNX file in models/insightface" if not p else "onnxruntime not installed")
         else:
             p = find_deepface(name, models_dir)
             has_df = importlib.util.find_spec("deepface") is not None
             ok = bool(p) and has_df
-            why = p if ok else (f"no {DEEPFACE_FILES[name]} in models/deepface" if not p else "deepface/TensorFlow not installed")
+            why = str(p) if ok else (f"no {DEEPFACE_FILES[name]} in models/deepface" if not p else "deepface/TensorFlow not installed")
         out.append(Availability(name, meta["label"], ok, meta["threshold"], why))
     return out
 

@@ -12,10 +12,10 @@ first use when online. The parsing weights were trained on CelebAMask-HQ: non-co
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
-from ..errors import MissingModelError
 from .base import Face, as_uint8_rgb
 from .dlib_backend import LANDMARKS5_ORDER
 from .weights import ensure_file
@@ -38,14 +38,14 @@ _models: dict[tuple, object] = {}
 
 
 def _torch():
-    import torch  # noqa: PLC0415
+    import torch
     return torch
 
 
-def build_bisenet(num_class: int = 19):
+def build_bisenet(num_class: int = 19):  # noqa: C901
     """facexlib's BiSeNet, same structure and parameter names."""
     torch = _torch()
-    nn = torch.nn
+    nn: Any = torch.nn  # imported on first use: the classes below are built at run time
     F = torch.nn.functional
 
     def conv3x3(i, o, stride=1):
@@ -210,7 +210,7 @@ class BiSeNetParser:
 
     def labels(self, rgb: np.ndarray, face: Face) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """Class map (crop size) and the crop box (x0, y0, x1, y1) in the image."""
-        import cv2  # noqa: PLC0415
+        import cv2
         torch = _torch()
         h, w = rgb.shape[:2]
         cx, cy = face.center
@@ -259,10 +259,10 @@ def build_retinaface():
     ``facexlib/detection/retinaface.py`` / ``retinaface_net.py``, so ``detection_Resnet50_Final.pth``
     loads with ``strict=True``. Returns a module whose forward gives (loc, softmax conf, landmarks)."""
     torch = _torch()
-    nn = torch.nn
+    nn: Any = torch.nn
     F = torch.nn.functional
-    import torchvision  # noqa: PLC0415
-    from torchvision.models._utils import IntermediateLayerGetter  # noqa: PLC0415
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
 
     def conv_bn(i, o, stride=1, leaky=0.0):
         return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o),
@@ -382,7 +382,7 @@ class RetinaFaceDetector:
         self.net = net if net is not None else load_retinaface(models_dir, device)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        import cv2  # noqa: PLC0415
+        import cv2
         torch = _torch()
         rgb = as_uint8_rgb(rgb)
         h, w = rgb.shape[:2]

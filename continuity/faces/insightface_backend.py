@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +26,12 @@ PACKS = {
 }
 LICENCE = "insightface model packs: non-commercial research use only"
 _lock = threading.RLock()
-_sessions: dict[tuple, object] = {}
+_sessions: dict[tuple, Any] = {}
 
 
 def _ort():
     try:
-        import onnxruntime  # noqa: PLC0415
+        import onnxruntime
     except ImportError as exc:
         raise MissingModelError("the insightface backend needs onnxruntime: pip install onnxruntime "
                                 "(or onnxruntime-gpu), or choose the mediapipe or dlib backend", input="backend") from exc
@@ -85,7 +86,7 @@ class InsightFaceDetector:
         self.det_size, self.threshold, self.nms = det_size, threshold, nms
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        import cv2  # noqa: PLC0415
+        import cv2
         rgb = as_uint8_rgb(rgb)
         h, w = rgb.shape[:2]
         size = self.det_size
@@ -95,22 +96,24 @@ class InsightFaceDetector:
         canvas[:nh, :nw] = cv2.resize(rgb, (nw, nh))
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
         outs = self.session.run(None, {self.input_name: blob})
-        boxes, scores, kpss = [], [], []
+        boxes_l: list[np.ndarray] = []
+        scores_l: list[np.ndarray] = []
+        kpss: list[np.ndarray] = []
         for i, stride in enumerate(self.strides):
             sc = outs[i].reshape(-1)
             bb = outs[i + self.fmc].reshape(-1, 4) * stride
             gh, gw = size // stride, size // stride
-            centers = np.stack(np.mgrid[:gh, :gw][::-1], -1).reshape(-1, 2).astype(np.float32) * stride
+            centers = np.stack(list(np.mgrid[:gh, :gw][::-1]), -1).reshape(-1, 2).astype(np.float32) * stride
             centers = np.repeat(centers, len(sc) // len(centers), axis=0)
             pos = np.nonzero(sc >= self.threshold)[0]
             b = np.concatenate([centers - bb[:, :2], centers + bb[:, 2:]], 1)
-            boxes.append(b[pos])
-            scores.append(sc[pos])
+            boxes_l.append(b[pos])
+            scores_l.append(sc[pos])
             if self.kps:
                 k = outs[i + 2 * self.fmc].reshape(-1, 5, 2) * stride + centers[:, None]
                 kpss.append(k[pos])
-        boxes = np.concatenate(boxes) / scale
-        scores = np.concatenate(scores)
+        boxes = np.concatenate(boxes_l) / scale
+        scores = np.concatenate(scores_l)
         kps = np.concatenate(kpss) / scale if self.kps else None
         faces = []
         for i in _nms(boxes, scores, self.nms):

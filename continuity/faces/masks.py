@@ -112,7 +112,7 @@ def _geometry_from_box(face: Face) -> Geometry:
     w, h = x1 - x0, y1 - y0
     c = np.array([(x0 + x1) / 2, (y0 + y1) / 2], dtype=np.float32)
     oval = _ellipse_poly(c - [0, 0.05 * h], 0.5 * w, 0.62 * h)
-    parts = {k: [] for k in ("eyes", "brows", "nose", "mouth")}
+    parts: dict[str, list] = {k: [] for k in ("eyes", "brows", "nose", "mouth")}
     if face.landmarks5 is not None:
         l5 = np.asarray(face.landmarks5, dtype=np.float32)
         iod = float(np.hypot(*(l5[1] - l5[0]))) or 0.3 * w
@@ -184,8 +184,8 @@ class _Canvas:
         # map the small crop onto this canvas exactly (affine: small pixel -> local pixel)
         ax = self.sx / fx
         ay = self.sy / fy
-        M = np.float32([[ax, 0, ((x0 + 0.5) / fx - self.x0) * self.sx - 0.5],
-                        [0, ay, ((y0 + 0.5) / fy - self.y0) * self.sy - 0.5]])
+        M = np.array([[ax, 0, ((x0 + 0.5) / fx - self.x0) * self.sx - 0.5],
+                      [0, ay, ((y0 + 0.5) / fy - self.y0) * self.sy - 0.5]], dtype=np.float32)
         return cv2.warpAffine(c, M, (self.shape[1], self.shape[0]), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
 
@@ -238,7 +238,7 @@ class BuiltinParser:
 
     def person(self, rgb):
         """Person segmentation at low resolution: (mask, fx, fy) with fx, fy = small / full size."""
-        from .mediapipe_backend import person_mask_small  # noqa: PLC0415
+        from .mediapipe_backend import person_mask_small
         return person_mask_small(rgb)
 
     def parse(self, rgb: np.ndarray, face: Face, faces: list[Face] | None = None, person: np.ndarray | None = None,
@@ -247,7 +247,7 @@ class BuiltinParser:
         rgb = as_uint8_rgb(rgb)
         want = set(self.regions if want is None else want) & set(self.regions)
         if self.use_mediapipe and face.mesh is None:
-            from .mediapipe_backend import add_mesh  # noqa: PLC0415
+            from .mediapipe_backend import add_mesh
             add_mesh(rgb, face)
         g = face_geometry(face)
         F, W = max(g.height, 4.0), max(g.width, 4.0)
@@ -601,7 +601,7 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
     if isinstance(faces_or_analyzer, (list, tuple)):
         faces = list(faces_or_analyzer)
         if parser is None:
-            from . import get_parser  # noqa: PLC0415
+            from . import get_parser
             parser = get_parser("auto")
     else:
         faces = faces_or_analyzer.detect(rgb, image_index=image_index)

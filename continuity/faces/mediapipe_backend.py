@@ -45,7 +45,7 @@ def _import():
     global _mp, _mp_error
     if _mp is None and _mp_error is None:
         try:
-            import mediapipe  # noqa: PLC0415
+            import mediapipe
             _ = mediapipe.solutions.face_detection
             _mp = mediapipe
         except Exception as exc:  # ImportError, or a broken install (missing protobuf, ...)
@@ -81,7 +81,7 @@ def _graph(kind: str, option: int):
 
 
 def _resize(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
-    import cv2  # noqa: PLC0415
+    import cv2
     return cv2.resize(rgb, (max(1, w), max(1, h)), interpolation=cv2.INTER_AREA)
 
 
@@ -174,7 +174,7 @@ class MediaPipeDetector:
 
     def detect_boxes(self, rgb: np.ndarray):
         models = {"auto": (0, 1), "short": (0,), "full": (1,)}[self.model]
-        found = []
+        found: list[tuple] = []
         short_side = min(rgb.shape[:2])
         for m in models:
             if self.model == "auto" and m == 1 and found and \
@@ -182,7 +182,7 @@ class MediaPipeDetector:
                 break  # a close-up: the full-range model (small, far faces) is not needed
             found += [(b, s, k, m) for b, s, k in detect_raw(rgb, m) if s >= self.min_score]
         found.sort(key=lambda t: t[1], reverse=True)
-        keep = []
+        keep: list[tuple] = []
         for cand in found:  # NMS over both models; keep the more confident box
             if all(iou(cand[0], k[0]) < self.nms_iou for k in keep):
                 keep.append(cand)
@@ -192,7 +192,7 @@ class MediaPipeDetector:
         rgb = as_uint8_rgb(rgb)
         faces = []
         for box, score, kp, m in self.detect_boxes(rgb):
-            face = Face(box=tuple(float(v) for v in box), score=score, backend="mediapipe",
+            face = Face(box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])), score=score, backend="mediapipe",
                         landmarks5=_landmarks5_from_keypoints(kp),
                         extra={"keypoints6": kp, "model": "short" if m == 0 else "full",
                                "landmarks5_order": LANDMARKS5_ORDER})
@@ -235,7 +235,7 @@ def person_mask(rgb: np.ndarray, work_side: int = 512, model: int = 0) -> np.nda
     Runs on a copy whose longest side is ``work_side`` (the network itself works at 256x256),
     then is resized back.
     """
-    import cv2  # noqa: PLC0415
+    import cv2
     rgb = as_uint8_rgb(rgb)
     h, w = rgb.shape[:2]
     s = min(1.0, work_side / max(h, w))
@@ -245,5 +245,5 @@ def person_mask(rgb: np.ndarray, work_side: int = 512, model: int = 0) -> np.nda
         res = g.process(work)
     m = np.asarray(res.segmentation_mask, dtype=np.float32)
     if m.shape[:2] != (h, w):
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
     return np.clip(m, 0.0, 1.0)

@@ -31,7 +31,7 @@ def ensure_file(folder: str | None, filename: str, url: str, *, licence: str = "
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (https URL constant)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while True:
                 chunk = resp.read(1 << 20)
                 if not chunk:

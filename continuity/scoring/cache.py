@@ -16,7 +16,7 @@ def content_hash(arr: np.ndarray | None) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(str(a.dtype).encode())
     h.update(str(a.shape).encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(memoryview(a.data).cast("B"))
     return h.hexdigest()
 
 

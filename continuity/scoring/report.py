@@ -40,7 +40,7 @@ def table_text(rows: list[dict]) -> str:
     cols = TABLE_COLUMNS
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
@@ -51,9 +51,9 @@ def embeddings_by_set(sets: list[ScoreSet], model: str) -> dict[str, np.ndarray]
         if ms is None:
             continue
         if "references" not in out:
-            out["references"] = np.stack([r.embedding for r in ms.references])
-        vecs = [c.embedding for c in ms.candidates if c.found]
-        out[s.name] = np.stack(vecs) if vecs else np.zeros((0, ms.references[0].embedding.shape[0]), np.float32)
+            out["references"] = np.stack([r.embedding for r in ms.references if r.embedding is not None])
+        vecs = [c.embedding for c in ms.candidates if c.found and c.embedding is not None]
+        out[s.name] = np.stack(vecs) if vecs else np.zeros((0, out["references"].shape[1]), np.float32)
     return out
 
 

@@ -53,9 +53,9 @@ def get_face_detector(name: str = "dlib"):
     with _det_lock:
         if name not in _detectors:
             try:
-                from ..faces import get_detector  # the face-analysis module (issue 3)
+                from ..faces import get_detector  # the face-analysis module
             except ImportError:
-                get_detector = None
+                get_detector = None  # type: ignore[assignment]
             try:
                 _detectors[name] = get_detector(name) if get_detector is not None else _DlibHOG()
             except TypeError:
@@ -157,7 +157,8 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
             cache.put(key, res)
         else:
             f = faces[idx]
-            res = FaceEmbedding(True, len(faces), idx, tuple(float(v) for v in f.box), None, "")
+            res = FaceEmbedding(True, len(faces), idx, (float(f.box[0]), float(f.box[1]), float(f.box[2]), float(f.box[3])),
+                                None, "")
             chips.extend(embedder.chips(rgb, [f]))
             pending.append((i, key, res))
             inflight[key] = res
@@ -302,7 +303,7 @@ def score_set(references: list[np.ndarray], candidates: list[np.ndarray], embedd
                                       input="references")
         cands = embed_images(candidates, emb, detector=detector, policy=policy, masks=masks, cache=cache,
                              progress=progress)
-        R = np.stack([r.embedding for r in refs])
+        R = np.stack([r.embedding for r in refs if r.embedding is not None])
         sims = np.full((len(cands), len(refs)), np.nan, np.float32)
         for i, c in enumerate(cands):
             if c.found:

@@ -213,7 +213,7 @@ def _number(name, value, kind, p: Param, input):
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            num = int(value) if not isinstance(value, str) else int(value.strip(), 10)
+            num: int | float = int(value) if not isinstance(value, str) else int(value.strip(), 10)
         else:
             num = float(value)
     except (TypeError, ValueError):
@@ -260,7 +260,7 @@ def resolve_settings(preset: Preset, overrides: dict | None, *, input: str = "ov
     # a value given once for the text encoders applies to each of them (SDXL has two)
     te = args.get("text_encoder_lr")
     if te is not None:
-        n = len(preset.args.get("text_encoder_lr", te))
+        n = len(preset.args.get("text_encoder_lr", te) or ())
         if preset.script == "sdxl_train_network.py":
             n = 2
         elif preset.script == "train_network.py":
@@ -324,9 +324,7 @@ def check_against_contract(argv: list[str], script_contract: dict) -> None:
             try:
                 if t == "int":
                     int(v)
-                elif t == "float":
-                    float(v)
-                elif t == "int_or_float":
+                elif t == "float" or t == "int_or_float":
                     float(v)
             except ValueError:
                 raise ContinuityError(f"internal: '{opt}' value {v!r} is not {t}") from None

@@ -81,7 +81,7 @@ def _read_settings(user_dir: str | None, env) -> tuple[str, str, bool, str]:
     return root, python, skip, source
 
 
-def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:
+def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
     """The commit checked out in ``root`` and the tags that point at it (read from ``.git``)."""
     git = os.path.join(root, ".git")
     if os.path.isfile(git):  # a worktree: "gitdir: <path>"
@@ -124,7 +124,7 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:
             with open(p, encoding="utf-8") as fh:
                 commit = fh.read().strip()
         else:
-            commit = refs.get(ref)
+            commit = refs.get(ref, "")
     else:
         commit = head
     if not commit:

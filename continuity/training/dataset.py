@@ -60,7 +60,7 @@ def _to_alpha(mask, shape, index: int, loadimage: bool) -> np.ndarray:
         # a mask of another size (a batch mixed up, or a downscaled mask): resize, do not guess wrong pixels
         if m.ndim != 2:
             raise ContinuityError(f"mask {index + 1} has shape {m.shape}", input="masks")
-        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
     if loadimage:
         m = 1.0 - m
     return (np.clip(m, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -17,12 +17,11 @@ import shutil
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from .. import fsutil
 from ..errors import ContinuityError
@@ -66,7 +65,7 @@ class TrainJob:
         return asdict(self)
 
     @classmethod
-    def load(cls, job_dir: str) -> "TrainJob":
+    def load(cls, job_dir: str) -> TrainJob:
         path = os.path.join(job_dir, JOB_FILE)
         try:
             with open(path, encoding="utf-8") as fh:
@@ -210,7 +209,7 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None, cancel_event=None, *,
+def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None, cancel_event=None, *,  # noqa: C901
            resume: bool = False, env: dict | None = None, grace: tuple[float, float] = (15.0, 10.0),
            poll_s: float = 0.1, on_start: Callable[[subprocess.Popen], None] | None = None) -> str:
     """Run the job to the end and return the LoRA path (in ``job.lora_dir``).
@@ -237,7 +236,8 @@ def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None,
     run_env.setdefault("PYTHONIOENCODING", "utf-8")
     tail: deque[str] = deque(maxlen=40)
     lock = threading.Lock()
-    log = open(log_path, "a", encoding="utf-8", errors="replace")
+    # stays open while the reader thread copies the trainer's output; closed below
+    log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
     log.write("# " + json.dumps(argv) + "\n")
     log.flush()
     try:

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import fsutil
 from ..errors import ContinuityError
@@ -25,18 +25,19 @@ class JobStatus:
     def __init__(self, job: TrainJob):
         self.job = job
         self.state = "queued"           # queued, running, finished, failed, cancelled
-        self.step = 0
-        self.total = job.total_steps
-        self.epoch = None
-        self.epochs = None
-        self.loss = None
-        self.eta_s = None
-        self.rate = None
-        self.losses: list[tuple[int, float]] = []
+        self.step: int | None = 0
+        self.total: int | None = job.total_steps
+        self.epoch: int | None = None
+        self.epochs: int | None = None
+        self.loss: float | None = None
+        self.eta_s: float | None = None
+        self.rate: str | None = None
+        self.losses: list[tuple[int | None, float]] = []
         self.checkpoints: list[str] = []
         self.lora_path: str | None = None
         self.error: str | None = None
         self.started = time.time()
+        self._saved = 0.0           # when status.json was last written
         self.updated = self.started
 
     def apply(self, ev: Progress) -> None:
@@ -74,7 +75,7 @@ class JobRegistry:
     def _notify(self, st: JobStatus, *, force: bool = False) -> None:
         data = st.to_dict()
         now = time.time()
-        if force or now - getattr(st, "_saved", 0) > 1.0:
+        if force or now - st._saved > 1.0:
             st._saved = now
             try:
                 fsutil.atomic_write_json(os.path.join(st.job.job_dir, STATUS_FILE), data)
@@ -103,7 +104,10 @@ class JobRegistry:
             try:
                 if before:
                     before()
-                st.lora_path = launch(job, lambda p: (st.apply(p), self._notify(st)), ev, resume=resume, **launch_kw)
+                def on_progress(p: Progress) -> None:
+                    st.apply(p)
+                    self._notify(st)
+                st.lora_path = launch(job, on_progress, ev, resume=resume, **launch_kw)
                 st.state = "finished"
             except TrainingCancelled as exc:
                 st.state, st.error = "cancelled", str(exc)

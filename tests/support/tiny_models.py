@@ -7,7 +7,6 @@ generator: the same seed gives the same models.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -18,10 +17,10 @@ def _fill(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
-            if p.ndim <= 1 and ("norm" in name or name.endswith(".gamma") or "ln" in name.split(".")[-2:][0]):
-                if name.endswith("weight"):
-                    p.fill_(1.0)
-                    continue
+            is_norm = "norm" in name or name.endswith(".gamma") or "ln" in name.split(".")[-2:][0]
+            if p.ndim <= 1 and is_norm and name.endswith("weight"):
+                p.fill_(1.0)
+                continue
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
 
 
@@ -77,13 +76,13 @@ def tiny_clip(seed: int = 0):
     }
 
     class TinyTextModel(comfy.sd1_clip.SDClipModel):
-        def __init__(self, device="cpu", dtype=None, model_options={}):
-            super().__init__(device=device, dtype=dtype, model_options=model_options,
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {},
                              textmodel_json_config=textmodel_config, return_projected_pooled=False)
 
     class TinyClipModel(comfy.sd1_clip.SD1ClipModel):
-        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
-            super().__init__(device=device, dtype=torch.float32, model_options=model_options,
+        def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
+            super().__init__(device=device, dtype=torch.float32, model_options=model_options or {},
                              clip_model=TinyTextModel, **kwargs)
 
     class Target:

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-import tiny_models  # noqa: E402
+import tiny_models
 
 
 @functools.lru_cache(maxsize=4)

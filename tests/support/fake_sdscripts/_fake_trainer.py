@@ -59,7 +59,7 @@ def build_parser(script):
     return p
 
 
-def main(script):
+def main(script):  # noqa: C901
     control = {}
     cpath = os.path.join(HERE, "fake_control.json")
     if os.path.isfile(cpath):

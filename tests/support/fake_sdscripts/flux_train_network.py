@@ -3,7 +3,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _fake_trainer import main  # noqa: E402
+from _fake_trainer import main
 
 if __name__ == "__main__":
     main("flux_train_network.py")

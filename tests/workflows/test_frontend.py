@@ -60,7 +60,7 @@ def test_similarity_table_and_plots_drawn_on_the_nodes(page, server, artifacts_d
         d.mkdir(parents=True, exist_ok=True)
         for n in names:
             shutil.copy(faces_dir / n, d / n)
-    lf = lambda folder: {"class_type": "ContinuityLoadImageFolder",  # noqa: E731
+    lf = lambda folder: {"class_type": "ContinuityLoadImageFolder",
                          "inputs": {"folder": folder, "mode": "list", "recursive": False, "start": 0, "limit": 0,
                                     "caption_extension": ".txt"}}
     api = {"1": lf("fe_refs"), "2": lf("fe_cands"),

@@ -1,4 +1,4 @@
-"""The mask and face-fix nodes take a CHARACTER (issue 9): which = "character" picks the face most like
+"""The mask and face-fix nodes take a CHARACTER: which = "character" picks the face most like
 the character; Face Fix also applies its latest LoRA and puts its trigger word and class phrase first.
 
 Photos: assets/faces (DeepFace unit-test images, MIT, Copyright (c) 2019 Sefik Ilkin Serengil); the

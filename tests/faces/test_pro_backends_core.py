@@ -11,7 +11,7 @@ from PIL import Image
 
 from continuity.errors import MissingModelError
 from continuity.faces import facexlib_backend as fx
-from continuity.faces import get_detector, get_parser, mediapipe_available
+from continuity.faces import get_detector, get_parser
 from continuity.faces.masks import region_masks
 
 

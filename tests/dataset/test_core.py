@@ -18,7 +18,7 @@ from continuity.errors import ContinuityError
 IDS = [1, 3, 8, 13, 16, 18, 20, 22]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _face_center(path):
     from continuity import faces
     det = faces.get_detector("mediapipe" if faces.mediapipe_available() else "dlib")
@@ -32,7 +32,7 @@ def _photo(faces_dir, n, w, h):
     cx, cy = _face_center(str(path))
     W, H = im.size
     a = w / h
-    if W / H > a:
+    if a < W / H:
         nw = int(H * a)
         x0 = int(min(max(cx - nw / 2, 0), W - nw))
         im = im.crop((x0, 0, x0 + nw, H))

@@ -92,7 +92,7 @@ def test_head_pose_sign_follows_mirroring(faces_dir):
 def _mask_checks(rgb, mask, face):
     h, w = rgb.shape[:2]
     assert mask.shape == (h, w) and mask.dtype == np.float32
-    assert 0 <= mask.min() and mask.max() <= 1
+    assert mask.min() >= 0 and mask.max() <= 1
     on = mask > 0.5
     # holds the 68 landmarks (found independently by dlib's detector), within 3 % of the face size
     dfaces = get_detector("dlib").detect(rgb)

@@ -12,7 +12,7 @@ import pytest
 import harness
 import workflow_support as ws
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API = sorted((REPO / "example_workflows" / "api").glob("*.json"))
 UI = sorted(p for p in (REPO / "example_workflows").glob("*.json"))
 

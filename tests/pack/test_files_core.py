@@ -87,15 +87,13 @@ def test_new_version_folder_never_overwrites(tmp_path):
     n2, p2 = fsutil.new_version_folder(str(tmp_path), build("two"))
     assert (n1, n2) == (1, 2)
     assert open(os.path.join(p1, "data.txt")).read() == "one"
-    with pytest.raises(RuntimeError):
-        with fsutil.new_folder(str(tmp_path / "v3")) as stage:
-            open(os.path.join(stage, "half"), "w").close()
-            raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError), fsutil.new_folder(str(tmp_path / "v3")) as stage:
+        open(os.path.join(stage, "half"), "w").close()
+        raise RuntimeError("build failed")
     assert not (tmp_path / "v3").exists()
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".partial")]
-    with pytest.raises(FileExistsError):
-        with fsutil.new_folder(p1):
-            pass
+    with pytest.raises(FileExistsError), fsutil.new_folder(p1):
+        pass
     assert open(os.path.join(p1, "data.txt")).read() == "one"
 
 

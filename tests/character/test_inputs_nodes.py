@@ -1,4 +1,4 @@
-"""The scoring, video and dataset nodes take a CHARACTER in place of their separate inputs (issue 9)."""
+"""The scoring, video and dataset nodes take a CHARACTER in place of their separate inputs."""
 import json
 import os
 

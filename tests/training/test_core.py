@@ -13,17 +13,17 @@ import pytest
 from PIL import Image
 
 from continuity.errors import ContinuityError, PathError
-from continuity import fsutil, imageio
+from continuity import imageio
 from continuity.training import (OVERRIDABLE, build_command, create_job, list_presets, load_preset,
-                                 load_sd_scripts, parse_overrides, resolve_settings)
+                                 load_sd_scripts, parse_overrides)
 from continuity.training import config as tconfig
 from continuity.training import dataset as tds
 from continuity.training.progress import LineSplitter, parse_line
 
-sys.path.insert(0, str(Path(__file__).parent / "support" / "fake_sdscripts"))
-import _fake_trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support" / "fake_sdscripts"))
+import _fake_trainer
 
-CONTRACT = json.loads((Path(__file__).parent / "data" / "sdscripts_contract_v0.10.1.json").read_text())
+CONTRACT = json.loads((Path(__file__).resolve().parents[1] / "data" / "sdscripts_contract_v0.10.1.json").read_text())
 SUBSET_KEYS = {"image_dir", "is_reg", "alpha_mask", "class_tokens", "caption_extension", "num_repeats"}
 
 

@@ -194,7 +194,7 @@ def test_arcface_alignment_and_input_without_onnx(faces_dir):
     v = arc.embed(rgb, [face, face])
     x = fed["input.1"]
     assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32
-    assert -1.0 <= x.min() and x.max() <= 1.0                          # (rgb - 127.5) / 127.5
+    assert x.min() >= -1.0 and x.max() <= 1.0                          # (rgb - 127.5) / 127.5
     assert np.allclose(x[0].transpose(1, 2, 0), (crop.astype(np.float32) - 127.5) / 127.5)
     assert v.shape == (2, 512) and np.allclose(np.linalg.norm(v, axis=1), 1.0)
 
@@ -294,7 +294,7 @@ def test_deepface_models_preprocessing_without_tensorflow(faces_dir):
         m._model = type("Client", (), {"model": FakeKeras()})()      # newer deepface: client.model
         v = m.embed(rgb, [face])
         x = seen["x"]
-        assert x.shape == (1, h, w, 3) and 0.0 <= x.min() and x.max() <= 1.0
+        assert x.shape == (1, h, w, 3) and x.min() >= 0.0 and x.max() <= 1.0
         crop = embedders.deepface_crop(rgb, face, (w, h))
         assert np.allclose(x[0], crop[..., ::-1] / 255.0)             # BGR in [0, 1]
         assert v.shape[0] == 1 and np.linalg.norm(v[0]) == pytest.approx(1.0, abs=1e-5)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _requirement_names(lines):
@@ -27,7 +27,7 @@ def test_requirements_and_pyproject_agree():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert sorted(req) == sorted(project["project"]["dependencies"])
     for r in req:
-        name = re.split(r"[<>=!~\[ ;]", r, 1)[0].lower()
+        name = re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower()
         assert name not in ("torch", "torchvision", "torchaudio"), f"{r}: ComfyUI owns torch; never pull it"
         if name == "numpy":
             assert r.strip().lower() == "numpy", "never pin numpy: it breaks other packs"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent / "support" / "fake_sdscripts"))
-import _fake_trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support" / "fake_sdscripts"))
+import _fake_trainer
 
 pytestmark = pytest.mark.comfy
 

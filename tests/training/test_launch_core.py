@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -12,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "support" / "fake_sdscripts"))
-import _fake_trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support" / "fake_sdscripts"))
+import _fake_trainer
 
 from continuity.errors import ContinuityError
 from continuity.training import (REGISTRY, TrainingCancelled, TrainingFailed, TrainJob, create_job, find_states,
