@@ -17,6 +17,10 @@ REPO = harness.REPO
 # holds a `nodes/` package that must never shadow ComfyUI's `nodes` module.
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+# Test modules are imported by path (``--import-mode=importlib``: each stage folder has its own
+# test_core.py ...), so ``tests/`` itself goes at the end too, for ``from support.x import y``.
+if str(SUPPORT.parent) not in sys.path:
+    sys.path.append(str(SUPPORT.parent))
 
 FACES = REPO / "assets" / "faces"
 

@@ -140,7 +140,7 @@ class FaceAnalyzer:
         return faces
 
     def parse(self, rgb: np.ndarray, face: Face, faces: list[Face] | None = None) -> dict[str, np.ndarray]:
-        from .masks import limit_to_head  # noqa: PLC0415
+        from .masks import limit_to_head
         return limit_to_head(self.parser.parse(as_uint8_rgb(rgb), face, faces=faces), face, faces)
 
     def embedder(self):

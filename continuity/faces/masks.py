@@ -477,7 +477,8 @@ def limit_to_head(parts: dict[str, np.ndarray], face: Face, faces: list[Face] | 
         if k in parts:
             seed |= (np.asarray(parts[k])[y0:y1, x0:x1] > 0).astype(np.uint8)
     r = max(1, int(round(0.04 * g.height)))
-    seed = cv2.dilate(seed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    seed = np.asarray(cv2.dilate(seed, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))),
+                      np.uint8)
     local = {k: (np.asarray(parts[k])[y0:y1, x0:x1] > 0).astype(np.uint8) & bound for k in limited}
     union = np.zeros_like(seed)
     for v in local.values():

@@ -23,7 +23,7 @@ def shown(value: object, limit: int = 60) -> str:
     """An ASCII-only, quoted, shortened form of ``value`` for messages and logs (never raises)."""
     try:
         text = value if isinstance(value, str) else str(value)
-    except Exception:  # noqa: BLE001 - an object whose str() fails still gets a message
+    except Exception:
         text = f"<{type(value).__name__}>"
     if len(text) > limit:
         text = text[:limit] + "..."
