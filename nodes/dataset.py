@@ -154,7 +154,7 @@ def _u8(t: torch.Tensor) -> np.ndarray:
 
 def _detector(face_model=None, *, need: bool = True):
     """The face detector of a connected FACE_MODEL, else the built-in one (mediapipe, else dlib)."""
-    from ..continuity import faces  # noqa: PLC0415
+    from ..continuity import faces
     if face_model is not None:
         return getattr(face_model, "detector", face_model)
     name = "mediapipe" if faces.mediapipe_available() else "dlib"
@@ -162,18 +162,18 @@ def _detector(face_model=None, *, need: bool = True):
 
 
 def _person_mask_fn():
-    from ..continuity import faces  # noqa: PLC0415
+    from ..continuity import faces
     return faces.person_mask if faces.mediapipe_available() else None
 
 
 def _interrupt():
-    import comfy.model_management  # noqa: PLC0415
+    import comfy.model_management
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 def _character(character):
     """The CHARACTER of an optional ``character`` input (a list of one on is_input_list nodes), or None."""
-    from ..continuity.character import as_character  # noqa: PLC0415
+    from ..continuity.character import as_character
     return as_character(_first(character))
 
 
@@ -184,8 +184,8 @@ def _reference_embedding(char, embedder, detector) -> np.ndarray:
     stored = char.mean_embedding(name) if name else None
     if stored is not None:
         return stored
-    from ..continuity.scoring.similarity import embed_images  # noqa: PLC0415
-    from ..continuity.faces.base import as_uint8_rgb  # noqa: PLC0415
+    from ..continuity.scoring.similarity import embed_images
+    from ..continuity.faces.base import as_uint8_rgb
     refs = [as_uint8_rgb(a) for a in char.load_reference_images()]
     if not refs:
         raise ContinuityError(f"the profile '{char.name}' has no reference portraits to compare with", input="character")
@@ -250,9 +250,9 @@ class CutCompositeSheet(io.ComfyNode):
     @classmethod
     @_common.reports_errors("sheet")
     def execute(cls, sheet, method, square, size, drop_faceless, face_model=None) -> io.NodeOutput:
-        from ..continuity.dataset import sheet as sheetlib  # noqa: PLC0415
-        from ..continuity.dataset import square as sq  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
+        from ..continuity.dataset import sheet as sheetlib
+        from ..continuity.dataset import square as sq
+        from PIL import Image
         out_images, records = [], []
         for si, img in enumerate(_common.split_images(sheet)):
             _interrupt()
@@ -323,7 +323,7 @@ class SquareAndResize(io.ComfyNode):
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, images, size, mode, max_upscale, use_person_mask, masks=None, face_model=None) -> io.NodeOutput:
-        from ..continuity.dataset import square as sq  # noqa: PLC0415
+        from ..continuity.dataset import square as sq
         imgs = _common.split_images(images)
         mlist = _common.split_masks(masks)
         if mlist and len(mlist) not in (1, len(imgs)):
@@ -357,7 +357,7 @@ class SquareAndResize(io.ComfyNode):
 class DatasetAudit(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ..continuity.faces import embedders  # noqa: PLC0415
+        from ..continuity.faces import embedders
         return io.Schema(
             node_id="ContinuityDatasetAudit",
             display_name="Dataset Audit (Continuity)",
@@ -406,9 +406,9 @@ class DatasetAudit(io.ComfyNode):
     @_common.reports_errors("images")
     def execute(cls, images, identity_model, min_side, min_count, yaw_threshold, pitch_threshold,
                 use_person_mask, filenames=None, face_model=None, character=None) -> io.NodeOutput:
-        import comfy.utils  # noqa: PLC0415
-        from ..continuity.dataset import audit as au  # noqa: PLC0415
-        from ..continuity.faces import embedders  # noqa: PLC0415
+        import comfy.utils
+        from ..continuity.dataset import audit as au
+        from ..continuity.faces import embedders
         imgs = [_u8(t) for t in _common.split_images(images)]
         if not imgs:
             raise ContinuityError("no images", input="images")
@@ -491,7 +491,7 @@ class BuildCaption(io.ComfyNode):
     def execute(cls, trigger, class_word, appearance, framing, background, extra, prefix, include_trigger,
                 include_appearance, include_framing, include_background, caption=None,
                 character=None) -> io.NodeOutput:
-        from ..continuity.dataset import captions as cp  # noqa: PLC0415
+        from ..continuity.dataset import captions as cp
         char = _character(character)
         if char is not None:   # the character's trigger word / class phrase replace the widgets
             trigger = char.trigger_word.strip() or trigger
@@ -523,7 +523,7 @@ class BuildCaption(io.ComfyNode):
 # ----------------------------------------------------------------------------- versions
 
 def _name_ok(name: str) -> str:
-    from ..continuity.paths import safe_name  # noqa: PLC0415
+    from ..continuity.paths import safe_name
     return safe_name(name, input="name")
 
 

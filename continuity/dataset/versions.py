@@ -191,7 +191,10 @@ def _image_file(stage: str, it: Item, rel: str) -> tuple[bytes, int, int]:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
         return data, width, height
-    arr = _u8(load_image(it.src_path)[0] if it.src_path else it.rgb)
+    rgb = load_image(it.src_path)[0] if it.src_path else it.rgb
+    if rgb is None:
+        raise ContinuityError(f"dataset item {store.shown(it.filename)} has no image", input="images")
+    arr = _u8(rgb)
     data = _png_bytes(arr)
     with open(dst, "wb") as fh:
         fh.write(data)
@@ -372,23 +375,24 @@ def merge_fixed(root: str, base: Version, fixes: list[Fix], *, note: str = "",
     added: list[Fix] = []
     for fx in fixes:
         key = (fx.target or "").replace("\\", "/")
-        rec = by_file.get(key) or by_file.get(os.path.splitext(key)[0])
-        if rec is not None:
-            if rec["file"] in replaced:
-                raise ContinuityError(f"two fixed images target {store.shown(rec['file'])}", input="filenames")
-            replaced[rec["file"]] = fx
+        hit = by_file.get(key) or by_file.get(os.path.splitext(key)[0])
+        if hit is not None:
+            if hit["file"] in replaced:
+                raise ContinuityError(f"two fixed images target {store.shown(hit['file'])}", input="filenames")
+            replaced[hit["file"]] = fx
         else:
             added.append(fx)
     here = f"{base.name}/v{base.number}"
     items: list[Item] = []
     for rec in base.items:
-        fx = replaced.get(rec["file"])
-        if fx is None:
+        fixed = replaced.get(rec["file"])
+        if fixed is None:
             items.append(carried_over(base, rec))
         else:
-            items.append(Item(filename=rec["file"], keep_file=rec["file"], rgb=fx.rgb,
-                              caption=fx.caption or rec["caption"], mask=fx.mask,
-                              source=fx.source or rec["source"], fixed_from=f"{here}/{rec['file']}", scores=fx.scores))
+            items.append(Item(filename=rec["file"], keep_file=rec["file"], rgb=fixed.rgb,
+                              caption=fixed.caption or rec["caption"], mask=fixed.mask,
+                              source=fixed.source or rec["source"], fixed_from=f"{here}/{rec['file']}",
+                              scores=fixed.scores))
     for k, fx in enumerate(added):
         items.append(Item(filename=fx.target or f"added_{k + 1}", rgb=fx.rgb, caption=fx.caption, mask=fx.mask,
                           source=fx.source or "feedback loop", scores=fx.scores))
