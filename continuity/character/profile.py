@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import store
 from ..errors import ContinuityError
 from ..fsutil import atomic_write_bytes
 from ..paths import safe_name
@@ -48,6 +49,55 @@ STYLE_REFERENCES_DIR = "style_references"
 EMBEDDINGS_DIR = "embeddings"
 _REV_RE = re.compile(r"^(\d{6})\.json$")
 _MODEL_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+ENTRY_KIND = "character-revision"
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+MAX_EMBEDDING_BYTES = 64 * 1024 * 1024
+MAX_REFERENCES = 1000
+_IMAGE_REL = r"(references|style_references)/[0-9a-f]{16}\.png"
+
+_EMBEDDING_SCHEMA = store.Obj({
+    "file": store.Str(max_len=200, pattern=EMBEDDINGS_DIR + r"/[A-Za-z0-9_.-]{1,120}\.safetensors"),
+    "count": store.Int(min=1, max=100_000), "dim": store.Int(min=1, max=8192),
+    "self_similarity": store.Field(store.Float(min=-1.0, max=1.0), required=False),
+    "sha256": store.Str(pattern=r"[0-9a-f]{64}"),
+})
+_RECORDS = store.List(store.Map(store.JsonValue(max_text=4000), max_items=50), max_items=10_000)
+PROFILE_SCHEMA = store.Obj({
+    "name": store.Str(max_len=100),
+    "trigger_word": store.Str(max_len=200),
+    "class_phrase": store.Str(max_len=200),
+    "style": store.Str(choices=STYLES),
+    "references": store.List(store.Str(max_len=80, pattern=_IMAGE_REL), max_items=MAX_REFERENCES),
+    "style_references": store.List(store.Str(max_len=80, pattern=_IMAGE_REL), max_items=MAX_REFERENCES),
+    "embeddings": store.Map(_EMBEDDING_SCHEMA, max_items=50),
+    "thresholds": store.Map(store.Float(min=-1.0, max=1.0), max_items=50),
+    "default_threshold": store.Opt(store.Float(min=-1.0, max=1.0)),
+    "style_threshold": store.Float(min=-1.0, max=1.0),
+    "clip_style_threshold": store.Opt(store.Float(min=-1.0, max=1.0)),
+    "datasets": _RECORDS,
+    "loras": _RECORDS,
+    "notes": store.Str(max_len=4000, multiline=True),
+    "revision": store.Int(min=0, max=10**6),
+})
+ENTRY_SCHEMA = store.Obj({
+    "revision": store.Int(min=1, max=10**6), "time": store.Str(max_len=64),
+    "action": store.Str(max_len=64), "summary": store.Str(max_len=4000, multiline=True),
+    "changes": store.Map(store.JsonValue(max_text=4000), max_items=50),
+    "profile": PROFILE_SCHEMA,
+})
+
+
+def _stored_image(folder: str, rel: str) -> str:
+    """The real path of a reference image of a profile: confined to the folder, and its content
+    still the one its name (the start of its SHA-256) records."""
+    path = store.resolve(folder, rel, input="character", what="reference image")
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    if not digest.startswith(os.path.splitext(os.path.basename(rel))[0]):
+        raise store.StoreError(f"the reference image {store.shown(rel)} was changed after it was stored; refused",
+                               input="character")
+    return path
 
 
 @dataclass
@@ -76,13 +126,14 @@ class Character:
 
     # ------------------------------------------------------------------ accessors for other stages
     def reference_images(self) -> list[str]:
-        """Absolute paths of the reference portraits (oldest first)."""
-        return [os.path.join(self.folder, p) for p in self.references]
+        """Absolute paths of the reference portraits (oldest first), each confined to the profile
+        folder and checked against the content hash it is named by."""
+        return [_stored_image(self.folder, p) for p in self.references]
 
     def style_reference_images(self) -> list[str]:
         """Absolute paths of the style references; the portraits when none were given."""
         refs = self.style_references or self.references
-        return [os.path.join(self.folder, p) for p in refs]
+        return [_stored_image(self.folder, p) for p in refs]
 
     def load_reference_images(self) -> list[np.ndarray]:
         """The reference portraits as float32 RGB arrays (H, W, 3) in [0, 1]."""
@@ -116,12 +167,19 @@ class Character:
         entry = self.embeddings.get(model)
         if not entry:
             return None
-        path = os.path.join(self.folder, entry["file"])
-        if not os.path.isfile(path):
-            raise ContinuityError(f"the profile '{self.name}' lists an embedding file that is missing: {path}",
-                                  input="character")
-        from safetensors.numpy import load_file
-        return load_file(path)["mean"].astype(np.float32)
+        path = store.checked_file(self.folder, entry["file"], entry.get("sha256"), input="character",
+                                  what="the profile's embedding file")
+        from safetensors.numpy import load
+        try:
+            mean = load(store.read_bytes(self.folder, entry["file"], input="character", max_bytes=MAX_EMBEDDING_BYTES,
+                                         what="the profile's embedding file"))["mean"]
+        except (KeyError, ValueError, OSError) as exc:  # safetensors raises its own errors as ValueError/OSError kinds
+            raise store.StoreError(f"the profile's embedding file {store.shown(entry['file'])} is damaged",
+                                   input="character") from exc
+        if mean.ndim != 1 or not 0 < mean.shape[0] <= 8192 or not np.all(np.isfinite(mean)):
+            raise store.StoreError(f"the profile's embedding file {store.shown(os.path.basename(path))} does not hold "
+                                   "a mean embedding", input="character")
+        return mean.astype(np.float32)
 
     def latest_lora(self, stage: str | int | None = None, dataset_version: int | None = None) -> dict | None:
         """The most recently recorded LoRA (optionally of one stage / dataset version), or None.
@@ -204,14 +262,14 @@ def revisions(folder: str) -> list[int]:
 
 
 def read_entry(folder: str, revision: int) -> dict:
-    path = os.path.join(folder, MANIFEST_DIR, f"{revision:06d}.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ContinuityError(f"the profile has no revision {revision} ({path})", input="revision") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ContinuityError(f"cannot read manifest entry {path}: {exc}", input="character") from exc
+    """Manifest entry ``revision`` of a profile, read through the store: it must be signed by this
+    server for this profile and revision, and fit :data:`ENTRY_SCHEMA`."""
+    rel = f"{MANIFEST_DIR}/{revision:06d}.json"
+    if not os.path.isfile(os.path.join(folder, rel)):
+        raise ContinuityError(f"the profile has no revision {revision}", input="revision")
+    return store.read_json(folder, rel, ENTRY_SCHEMA, kind=ENTRY_KIND,
+                           context=f"{os.path.basename(folder)}/{revision:06d}", input="name",
+                           what=f"revision {revision} of the profile", max_bytes=MAX_ENTRY_BYTES)
 
 
 def history(folder: str) -> list[dict]:
@@ -235,8 +293,12 @@ def load_profile(root: str, name: str, revision: int | None = None) -> Character
     rev = revs[-1] if not revision else int(revision)
     if rev not in revs:
         raise ContinuityError(f"profile '{name}' has no revision {rev} (it has 1..{revs[-1]})", input="revision")
+    folder = store.resolve(root, os.path.basename(folder), input="name", what="the profile folder", kind="dir")
     entry = read_entry(folder, rev)
-    char = Character.from_dict(entry["profile"], folder=os.path.realpath(folder))
+    if entry["revision"] != rev or entry["profile"]["name"] != os.path.basename(folder):
+        raise store.StoreError(f"revision {rev} of the profile describes another profile or revision; refused",
+                               input="name")
+    char = Character.from_dict(entry["profile"], folder=folder)
     char.revision = rev
     return char
 
@@ -283,9 +345,11 @@ def commit(root: str, name: str, apply: Callable[[Character | None], tuple[Chara
         char.folder = os.path.realpath(folder)
         entry = {"revision": rev, "time": _now(), "action": action, "summary": summary,
                  "changes": changes, "profile": char.to_dict()}
-        data = (json.dumps(entry, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
+        entry = json.loads(json.dumps(entry, default=_json_default))
+        store.check(entry, ENTRY_SCHEMA, what="the new revision", input="name")
         try:
-            _write_exclusive(os.path.join(folder, MANIFEST_DIR, f"{rev:06d}.json"), data)
+            store.write_json_exclusive(os.path.join(folder, MANIFEST_DIR, f"{rev:06d}.json"), entry, kind=ENTRY_KIND,
+                                       context=f"{char.name}/{rev:06d}")
         except FileExistsError:
             continue
         return char
@@ -361,7 +425,7 @@ def store_embedding(folder: str, model: str, embeddings: np.ndarray, revision_hi
         except FileExistsError:
             n += 1
     return {"file": f"{EMBEDDINGS_DIR}/{fname}", "count": int(emb.shape[0]), "dim": int(emb.shape[1]),
-            "self_similarity": round(spread, 4)}
+            "self_similarity": round(spread, 4), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 # ---------------------------------------------------------------------- high-level operations

@@ -39,7 +39,10 @@ def _normalised(obj: Any) -> Any:
 def encode(obj: dict, *, kind: str, context: str = "") -> bytes:
     """The bytes of the signed document (pretty, UTF-8; surrogates refused)."""
     doc = keys.sign(_normalised(obj), kind=kind, context=context)
-    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError("the data holds an invalid character (a lone surrogate); nothing was written") from None
 
 
 def _write_tmp(folder: str, data: bytes) -> str:
