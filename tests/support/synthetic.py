@@ -108,7 +108,7 @@ def render(actors: list[Actor], n: int, size: tuple[int, int], background=(70, 8
                 continue
             cx, cy, side = p
             tile = np.asarray(Image.fromarray(a.tile).resize((side, side), Image.LANCZOS))
-            x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+            x0, y0 = round(cx - side / 2), round(cy - side / 2)
             sx0, sy0 = max(0, -x0), max(0, -y0)
             dx0, dy0 = max(0, x0), max(0, y0)
             dx1, dy1 = min(w, x0 + side), min(h, y0 + side)
