@@ -37,6 +37,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from .arrays import mask_bbox as mask_bbox  # the crop boxes' input, re-exported
 from .errors import ContinuityError
 
 PAD_MODES = ("edge", "reflect")
@@ -105,16 +106,6 @@ class StitchRecord:
 
     def __repr__(self) -> str:
         return f"StitchRecord({len(self.boxes)} crops, frame {self.originals.shape[2]}x{self.originals.shape[1]})"
-
-
-def mask_bbox(mask, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), end-exclusive, of the pixels above ``threshold``; None if there are none."""
-    m = _np(mask) > threshold
-    rows = np.flatnonzero(m.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(m.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def square_box(bbox: tuple[int, int, int, int] | None, height: int, width: int, *, context: float = 1.5,

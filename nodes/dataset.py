@@ -10,6 +10,8 @@ import torch
 from comfy_api.latest import io
 
 from ..continuity import imageio, store
+from ..continuity.arrays import as_float_rgb, as_uint8_rgb
+from ..continuity.geometry import resize
 from ..continuity.dataset import versions as vs
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
@@ -143,15 +145,6 @@ def _first(v, default=None):
     return default if v is None else v
 
 
-def _u8(t: torch.Tensor) -> np.ndarray:
-    arr = t.detach().cpu().float().numpy()
-    if arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    elif arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-
-
 def _detector(face_model=None, *, need: bool = True):
     """The face detector of a connected FACE_MODEL, else the built-in one (mediapipe, else dlib)."""
     from ..continuity import faces
@@ -252,11 +245,11 @@ class CutCompositeSheet(io.ComfyNode):
     def execute(cls, sheet, method, square, size, drop_faceless, face_model=None) -> io.NodeOutput:
         from ..continuity.dataset import sheet as sheetlib
         from ..continuity.dataset import square as sq
-        from PIL import Image
         out_images, records = [], []
         for si, img in enumerate(_common.split_images(sheet)):
             _interrupt()
-            u8 = _u8(img)
+            u8 = as_uint8_rgb(img)
+            rgb = as_float_rgb(img)
             faces = []
             if method != "gutters" or drop_faceless:
                 faces = _detector(face_model).detect(u8)
@@ -270,15 +263,13 @@ class CutCompositeSheet(io.ComfyNode):
                     face_box = p.faces[0].box if p.faces else None
                     box = sq.square_panel_box(p.box, face_box)
                 x0, y0, x1, y1 = box
-                crop = u8[y0:y1, x0:x1]
+                crop = rgb[y0:y1, x0:x1]
                 if size > 0 and (crop.shape[0] != size or crop.shape[1] != size):
-                    if square:
-                        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
-                    else:
-                        s = size / max(crop.shape[:2])
-                        crop = np.asarray(Image.fromarray(crop).resize(
-                            (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), Image.Resampling.LANCZOS))
-                out_images.append(_common.np_to_image(crop.astype(np.float32) / 255.0))
+                    s = size / max(crop.shape[:2])
+                    th, tw = (size, size) if square else (max(1, round(crop.shape[0] * s)),
+                                                           max(1, round(crop.shape[1] * s)))
+                    crop = resize(crop, th, tw)
+                out_images.append(_common.np_to_image(crop))
                 records.append({"sheet": si, "panel": [int(v) for v in p.box], "crop": [int(v) for v in box],
                                 "how": p.how, "faces": len(p.faces)})
         if not out_images:
@@ -333,7 +324,7 @@ class SquareAndResize(io.ComfyNode):
         outs, out_masks, warnings = [], [], []
         for i, img in enumerate(imgs):
             _interrupt()
-            u8 = _u8(img)
+            u8 = as_uint8_rgb(img)
             h, w = u8.shape[:2]
             faces = det.detect(u8) if mode == "crop" else []
             person = pm(u8) if (pm is not None and mode == "crop") else None
@@ -344,7 +335,7 @@ class SquareAndResize(io.ComfyNode):
                 m = mlist[i if len(mlist) > 1 else 0].detach().cpu().float().numpy()
                 if m.shape != (h, w):
                     raise ContinuityError(f"mask {m.shape[1]}x{m.shape[0]} does not match image {w}x{h}", input="masks")
-            rgb, mo = sq.apply_square(u8, plan, mask=m)
+            rgb, mo = sq.apply_square(img, plan, mask=m)
             outs.append(_common.np_to_image(rgb))
             out_masks.append(_common.np_to_mask(mo if mo is not None else np.zeros((size, size), np.float32)))
             if plan.warning:
@@ -409,7 +400,7 @@ class DatasetAudit(io.ComfyNode):
         import comfy.utils
         from ..continuity.dataset import audit as au
         from ..continuity.faces import embedders
-        imgs = [_u8(t) for t in _common.split_images(images)]
+        imgs = [as_uint8_rgb(t) for t in _common.split_images(images)]
         if not imgs:
             raise ContinuityError("no images", input="images")
         names = list(filenames or [])
@@ -624,7 +615,7 @@ class SaveDatasetVersion(io.ComfyNode):
                 raise ContinuityError(f"mask {i + 1} is {m.shape[1]}x{m.shape[0]}, image is "
                                       f"{img.shape[1]}x{img.shape[0]}", input="masks")
             fname = names[i] if names else f"img{i + 1:04d}"
-            items.append(vs.Item(filename=fname, rgb=_u8(img), caption=caps[i] if caps else "", mask=m,
+            items.append(vs.Item(filename=fname, rgb=as_uint8_rgb(img), caption=caps[i] if caps else "", mask=m,
                                  source=names[i] if names else "", scores=sc[i]))
         provenance = {"step": "save"}
         if char is not None:
@@ -733,7 +724,7 @@ class MergeFixedImages(io.ComfyNode):
         if mlist and len(mlist) != n:
             raise ContinuityError(f"{len(mlist)} masks for {n} fixed images", input="masks")
         sc = _scores_for(_first(scores), n)
-        fixes = [vs.Fix(target=names[i], rgb=_u8(img), caption=caps[i] if caps else "",
+        fixes = [vs.Fix(target=names[i], rgb=as_uint8_rgb(img), caption=caps[i] if caps else "",
                         mask=mlist[i].detach().cpu().float().numpy() if mlist else None, scores=sc[i])
                  for i, img in enumerate(imgs)]
         ver = vs.merge_fixed(_datasets_root(), base, fixes,

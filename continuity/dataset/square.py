@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+
+from ..arrays import as_float_rgb, mask_bbox
+from ..geometry import resize
 
 Box = tuple[float, float, float, float]
 
@@ -25,14 +27,8 @@ class SquarePlan:
 
 
 def _mask_box(mask: np.ndarray | None, thr: float = 0.5) -> Box | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask) > thr
-    if not m.any():
-        return None
-    ys = np.flatnonzero(m.any(axis=1))
-    xs = np.flatnonzero(m.any(axis=0))
-    return float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)
+    bb = None if mask is None else mask_bbox(mask, thr)
+    return None if bb is None else (float(bb[0]), float(bb[1]), float(bb[2]), float(bb[3]))
 
 
 def _place(lo_need: float, hi_need: float, side: float, extent: float, prefer: float) -> float:
@@ -105,32 +101,28 @@ def plan_square(width: int, height: int, *, face_box: Box | None = None, person_
 
 
 def apply_square(rgb: np.ndarray, plan: SquarePlan, *, pad_color=(0, 0, 0), mask: np.ndarray | None = None):
-    """Cut and resize (Lanczos). ``rgb`` float [0,1] or uint8 (H, W, 3). Returns (rgb float32, mask or None)."""
-    arr = np.asarray(rgb)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    """Cut and resize with the pack's one resampling (``geometry.resize``: float Lanczos-3, never
+    rounded to 8 bits; the mask with its triangle filter). ``rgb`` float [0,1] or uint8 (H, W, 3);
+    ``pad_color`` 0-255. Returns (rgb float32, mask or None)."""
+    arr = as_float_rgb(rgb)
     x0, y0, x1, y1 = plan.box
     h, w = arr.shape[:2]
     side = plan.side
+    sx0, sy0 = max(0, x0), max(0, y0)
+    sx1, sy1 = min(w, x1), min(h, y1)
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        canvas = np.empty((side, side, 3), np.uint8)
-        canvas[:] = np.asarray(pad_color, np.uint8)
-        sx0, sy0 = max(0, x0), max(0, y0)
-        sx1, sy1 = min(w, x1), min(h, y1)
-        canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
-        crop = canvas
+        crop = np.empty((side, side, 3), np.float32)
+        crop[:] = np.asarray(pad_color, np.float32) / np.float32(255.0)
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
     else:
         crop = arr[y0:y1, x0:x1]
-    out = np.asarray(Image.fromarray(crop).resize((plan.target, plan.target), Image.Resampling.LANCZOS), np.float32) / 255.0
+    out = resize(crop, plan.target, plan.target)
     out_mask = None
     if mask is not None:
         m = np.asarray(mask, np.float32)
         mc = np.zeros((side, side), np.float32)
-        sx0, sy0 = max(0, x0), max(0, y0)
-        sx1, sy1 = min(w, x1), min(h, y1)
         mc[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = m[sy0:sy1, sx0:sx1]
-        out_mask = np.asarray(Image.fromarray(mc, mode="F").resize((plan.target, plan.target), Image.Resampling.BILINEAR), np.float32)
-        out_mask = np.clip(out_mask, 0, 1)
+        out_mask = resize(mc, plan.target, plan.target, kernel="triangle")
     return out, out_mask
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .. import store
+from ..arrays import as_uint8_mask, as_uint8_rgb
 from ..errors import ContinuityError
 from ..imageio import load_image
 from ..paths import safe_name
@@ -135,16 +136,6 @@ class LoadedItem:
     caption: str
 
 
-def _u8(rgb: np.ndarray) -> np.ndarray:
-    arr = np.asarray(rgb)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
-
-
 def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, mode=mode).save(buf, format="PNG", compress_level=4)
@@ -194,7 +185,7 @@ def _image_file(stage: str, it: Item, rel: str) -> tuple[bytes, int, int]:
     rgb = load_image(it.src_path)[0] if it.src_path else it.rgb
     if rgb is None:
         raise ContinuityError(f"dataset item {store.shown(it.filename)} has no image", input="images")
-    arr = _u8(rgb)
+    arr = as_uint8_rgb(rgb)
     data = _png_bytes(arr)
     with open(dst, "wb") as fh:
         fh.write(data)
@@ -208,7 +199,7 @@ def _mask_file(stage: str, it: Item, rel: str) -> str | None:
         with open(dst, "rb") as fh:
             return _sha(fh.read())
     if it.mask is not None and np.asarray(it.mask).size and float(np.asarray(it.mask).max()) > 0:
-        m = np.clip(np.rint(np.asarray(it.mask, np.float32) * 255), 0, 255).astype(np.uint8)
+        m = as_uint8_mask(it.mask)
         data = _png_bytes(m, "L")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with open(dst, "wb") as fh:

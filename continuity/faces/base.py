@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..arrays import as_uint8_rgb as as_uint8_rgb  # the face backends' input format, re-exported
+
 
 @dataclass
 class Face:
@@ -56,17 +58,3 @@ class FaceEmbedder(Protocol):
 
     def embed(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(len(faces), dim) float32 L2-normalised identity embeddings, batched where possible."""
-
-
-def as_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """Float [0, 1] or uint8; grey (H, W), (H, W, 1), RGB or RGBA -> contiguous uint8 (H, W, 3)."""
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)

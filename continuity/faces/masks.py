@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ..arrays import mask_bbox
 from ..errors import ContinuityError
 from . import REGIONS, FACE_PARTS, DEFAULT_REGIONS
 from .base import Face, as_uint8_rgb
@@ -529,11 +530,12 @@ def normalise_regions(regions) -> tuple[str, ...]:
 
 
 def _bbox(mask: np.ndarray, pad: int = 0):
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(ys) == 0:
+    """The mask's bounding box grown by ``pad`` on every side, inside the mask; None if it is empty."""
+    bb = mask_bbox(mask)
+    if bb is None:
         return None
     h, w = mask.shape
-    return (max(0, xs[0] - pad), max(0, ys[0] - pad), min(w, xs[-1] + 1 + pad), min(h, ys[-1] + 1 + pad))
+    return max(0, bb[0] - pad), max(0, bb[1] - pad), min(w, bb[2] + pad), min(h, bb[3] + pad)
 
 
 def _fill_holes(mask: np.ndarray, keep_out: np.ndarray | None = None) -> np.ndarray:

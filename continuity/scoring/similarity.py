@@ -8,12 +8,12 @@ reference without a face is an error naming that image.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ContinuityError
+from ..faces import get_detector
 from ..faces.base import Face, as_uint8_rgb
 from .cache import EmbeddingCache, content_hash
 
@@ -24,43 +24,9 @@ default_cache = EmbeddingCache()
 
 # --------------------------------------------------------------------------- detection
 
-class _DlibHOG:
-    """Fallback detector (dlib's HOG, no model file) if the face module offers none."""
-
-    name = "dlib-hog"
-
-    def __init__(self):
-        import dlib
-        self._det = dlib.get_frontal_face_detector()
-        self._lock = threading.Lock()
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        rgb = as_uint8_rgb(rgb)
-        up = 1 if max(rgb.shape[:2]) < 640 else 0
-        with self._lock:
-            rects, scores, _ = self._det.run(rgb, up, 0.0)
-        faces = [Face(box=(float(r.left()), float(r.top()), float(r.right()), float(r.bottom())),
-                      score=float(s), backend=self.name) for r, s in zip(rects, scores)]
-        return sorted(faces, key=lambda f: -f.area)
-
-
-_detectors: dict[str, object] = {}
-_det_lock = threading.Lock()
-
-
 def get_face_detector(name: str = "dlib"):
-    """The face module's detector (``continuity.faces.get_detector``), or dlib's HOG meanwhile."""
-    with _det_lock:
-        if name not in _detectors:
-            try:
-                from ..faces import get_detector  # the face-analysis module
-            except ImportError:
-                get_detector = None  # type: ignore[assignment]
-            try:
-                _detectors[name] = get_detector(name) if get_detector is not None else _DlibHOG()
-            except TypeError:
-                _detectors[name] = _DlibHOG()
-        return _detectors[name]
+    """The face module's detector (one cache, in ``continuity.faces.get_detector``)."""
+    return get_detector(name)
 
 
 # --------------------------------------------------------------------------- picking a face

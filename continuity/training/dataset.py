@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..arrays import as_uint8_mask, as_uint8_rgb
 from ..errors import ContinuityError
 
 IMAGE_DIR = "img"
@@ -47,7 +48,7 @@ def _to_uint8_rgb(img, index: int, input: str) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
         raise ContinuityError(f"image {index + 1} contains NaN or infinite values", input=input)
-    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return as_uint8_rgb(a)
 
 
 def _to_alpha(mask, shape, index: int, loadimage: bool) -> np.ndarray:
@@ -63,7 +64,7 @@ def _to_alpha(mask, shape, index: int, loadimage: bool) -> np.ndarray:
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
     if loadimage:
         m = 1.0 - m
-    return (np.clip(m, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return as_uint8_mask(m)
 
 
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION,
