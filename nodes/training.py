@@ -30,7 +30,7 @@ EVENT = "continuity.train.progress"
 NONE = "(none)"
 MODEL_FOLDERS = ("checkpoints", "diffusion_models")
 MASK_MEANINGS = ["1 = character (segmentation mask)", "1 = background (MASK from LoadImage of a cut-out)"]
-_NODE_OF_JOB: dict[str, str] = {}   # job id -> id of the node that started it (for the web extension)
+_NODE_OF_JOB: dict[str, tuple] = {}   # job id -> (node id, websocket client id) of the prompt that started it
 
 
 # ----------------------------------------------------------------------------- folders and messages
@@ -82,41 +82,57 @@ def _resolve_model(value: str, folders: tuple[str, ...], input_name: str) -> str
                           input=input_name)
 
 
-def _send(data: dict) -> None:
+def _client_id() -> str | None:
+    """The websocket client of the prompt being executed (messages go to it only)."""
+    try:
+        import server
+        inst = getattr(server.PromptServer, "instance", None)
+        return getattr(inst, "client_id", None)
+    except Exception:
+        return None
+
+
+def _send(data: dict, sid: str | None = None) -> None:
     try:
         import server
         inst = getattr(server.PromptServer, "instance", None)
         if inst is not None:
-            inst.send_sync(EVENT, data)
+            inst.send_sync(EVENT, data, sid)
     except Exception:  # never let a client message break training
         log.debug("continuity: could not send %s", EVENT, exc_info=True)
 
 
+def _public(status: dict, *, with_tail: bool = False) -> dict:
+    """A status as clients see it: no process ids, an error without the log tail unless asked."""
+    out = {k: v for k, v in status.items() if k not in ("pid", "pid_start")}
+    err = out.get("error")
+    if err and not with_tail:
+        out["error"] = err.split("\n--- last lines ---")[0][:1000]
+    return out
+
+
+MESSAGE_KEYS = ("job_id", "state", "mode", "step", "total", "epoch", "epochs", "loss", "eta_s", "rate", "lora_name",
+                "error", "warnings")
+
+
+def _message(status: dict, node: str | None, kind: str | None = None) -> dict:
+    msg = {k: status.get(k) for k in MESSAGE_KEYS}
+    msg["node"] = node
+    msg["kind"] = kind
+    msg["point"] = status["losses"][-1] if status.get("losses") else None
+    return msg
+
+
 def _broadcast(status: dict) -> None:
-    """Registry listener (background jobs): status updates to the web clients."""
-    msg = {k: status.get(k) for k in ("job_id", "state", "step", "total", "epoch", "epochs", "loss", "eta_s",
-                                      "rate", "lora_path", "error")}
-    msg["node"] = _NODE_OF_JOB.get(status.get("job_id"))
-    msg["lora_name"] = _lora_name(status.get("lora_path"))
-    if status.get("losses"):
-        msg["point"] = status["losses"][-1]
-    _send(msg)
+    """Registry listener for background jobs: status updates to the client that started the job."""
+    jid = status.get("job_id")
+    if status.get("mode") != "background" or jid not in _NODE_OF_JOB:
+        return
+    node, sid = _NODE_OF_JOB[jid]
+    _send(_message(_public(status, with_tail=True), node), sid)
 
 
 training.REGISTRY.listeners.append(_broadcast)
-
-
-def _lora_name(path: str | None) -> str | None:
-    if not path:
-        return None
-    for root in folder_paths.get_folder_paths("loras"):
-        try:
-            rel = os.path.relpath(path, root)
-        except ValueError:
-            continue
-        if not rel.startswith(".."):
-            return rel.replace(os.sep, "/")
-    return os.path.basename(path)
 
 
 def _sd_scripts(script: str):
@@ -129,20 +145,14 @@ def _unload_models() -> None:
     mm.soft_empty_cache()
 
 
-class _Interrupted:
-    """``cancel_event`` for the launcher: ComfyUI's interrupt flag, or a set event."""
-
-    def __init__(self):
-        self.event = threading.Event()
-
-    def is_set(self) -> bool:
-        import comfy.model_management as mm
-        return self.event.is_set() or mm.processing_interrupted()
-
-
-def _job_value(job, state: str, lora_path: str | None = None) -> dict:
-    return {"job_id": job.job_id, "job_dir": job.job_dir, "lora_name": _lora_name(lora_path or job.lora_path),
+def _job_value(job, state: str, lora_name: str | None = None) -> dict:
+    return {"job_id": job.job_id, "lora_name": lora_name or f"{job.job_id}/{job.output_name}.safetensors",
             "state": state, "preset": job.preset}
+
+
+def _log_folder(job) -> str:
+    """The job's log folder relative to ComfyUI's output folder (no server path)."""
+    return os.path.relpath(os.path.join(job.job_dir, "logs"), _common.output_dir()).replace(os.sep, "/")
 
 
 def _dataset_items(dataset) -> tuple[list, list, list]:
@@ -167,6 +177,20 @@ def _dataset_items(dataset) -> tuple[list, list, list]:
     if not images:
         raise ContinuityError("the dataset version holds no images", input="dataset")
     return images, masks, caps
+
+
+def _configure_core() -> None:
+    """Server-side set-up: the private folder of the training key, trainers stopped with the
+    server, and jobs a previous server left running shown as they are."""
+    training.configure(os.path.join(folder_paths.get_user_directory(), "continuity"))
+    training.install_shutdown_hooks()
+    try:
+        fixed = training.reconcile(jobs_root(), training.REGISTRY)
+        if fixed:
+            log.warning("Continuity: training jobs left running by a previous server are now 'stopped': %s",
+                        ", ".join(fixed))
+    except OSError:
+        log.exception("Continuity: could not check earlier training jobs")
 
 
 # ----------------------------------------------------------------------------- Train LoRA
@@ -261,7 +285,7 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, job_name=None, overrides=None, **kwargs):
+    def validate_inputs(cls, job_name=None, overrides=None):
         for value in (job_name or [])[:1]:
             try:
                 training.check_job_name(value)
@@ -296,6 +320,51 @@ class TrainLoRA(io.ComfyNode):
         return ov
 
     @classmethod
+    def _models(cls, p, base_model, clip_l, t5xxl, ae) -> dict:
+        models = {}
+        for slot, value in (("pretrained_model_name_or_path", base_model), ("clip_l", clip_l), ("t5xxl", t5xxl),
+                            ("ae", ae)):
+            if slot not in p.models:
+                continue
+            input_name = "base_model" if slot == "pretrained_model_name_or_path" else slot
+            if not value or value == NONE:
+                raise ContinuityError(f"preset '{p.id}' needs the {p.models[slot].get('label', slot)}",
+                                      input=input_name)
+            folders = tuple(p.models[slot].get("folders", MODEL_FOLDERS))
+            models[slot] = _resolve_model(value, folders, input_name)
+        return models
+
+    @classmethod
+    def _training_data(cls, images, masks, captions, dataset, mask_meaning, first):
+        if dataset:
+            if images:
+                raise ContinuityError("connect either images or a dataset, not both", input="dataset")
+            imgs, char_masks, caps = _dataset_items(first(dataset))
+            loadimage = False
+        else:
+            imgs = [t.cpu().numpy() for t in _common.split_images(images)]
+            char_masks = [m.cpu().numpy() for m in _common.split_masks(masks)]
+            caps = list(captions or [])
+            loadimage = first(mask_meaning) == MASK_MEANINGS[1]
+        if not imgs:
+            raise ContinuityError("connect the character images (or a dataset version)", input="images")
+        return imgs, char_masks, caps, loadimage
+
+    @classmethod
+    def _resumed_job(cls, name: str, sd):
+        job_dir = confine(os.path.join(jobs_root(), name), [jobs_root()], input="job_name")
+        if not os.path.isdir(job_dir):
+            raise ContinuityError(f"there is no job '{name}' to resume", input="job_name")
+        try:
+            job = training.load_job(job_dir, loras_root=loras_root(), python=sd.python, sd_root=sd.root,
+                                    model_roots=_model_roots(), weight_roots=folder_paths.get_folder_paths("loras"),
+                                    tokenizer_cache_dir=sd.tokenizer_cache_dir, extra_optimizers=sd.extra_optimizers)
+        except training.RecordError as exc:
+            raise ContinuityError(f"job '{name}' cannot be resumed: {exc.message}", input="job_name") from None
+        training.resume_argv(job)  # a clear message now if there is no recorded state
+        return job
+
+    @classmethod
     @_common.reports_errors("preset")
     def execute(cls, preset, job_name, base_model, mode, resume, token, class_phrase, shot, mask_meaning, epochs,
                 steps, learning_rate, network_dim, network_alpha, overrides, images=None, masks=None,
@@ -312,43 +381,19 @@ class TrainLoRA(io.ComfyNode):
         sd = _sd_scripts(p.script)
         name = training.check_job_name(name)
         if resume:
-            job_dir = confine(os.path.join(jobs_root(), name), [jobs_root()], input="job_name")
-            if not os.path.isdir(job_dir):
-                raise ContinuityError(f"there is no job '{name}' to resume in {jobs_root()}", input="job_name")
-            job = training.TrainJob.load(job_dir)
-            training.resume_argv(job)  # a clear message now if there is no state
+            job = cls._resumed_job(name, sd)
         else:
             ov = cls._overrides(p, first(epochs), first(steps), first(learning_rate), first(network_dim),
                                 first(network_alpha), first(overrides, ""))
-            models = {}
-            for slot, value in (("pretrained_model_name_or_path", first(base_model)), ("clip_l", first(clip_l, NONE)),
-                                ("t5xxl", first(t5xxl, NONE)), ("ae", first(ae, NONE))):
-                if slot not in p.models:
-                    continue
-                input_name = "base_model" if slot == "pretrained_model_name_or_path" else slot
-                if not value or value == NONE:
-                    raise ContinuityError(f"preset '{p.id}' needs the {p.models[slot].get('label', slot)}",
-                                          input=input_name)
-                folders = tuple(p.models[slot].get("folders", MODEL_FOLDERS))
-                models[slot] = _resolve_model(value, folders, input_name)
+            models = cls._models(p, first(base_model), first(clip_l, NONE), first(t5xxl, NONE), first(ae, NONE))
             weights = None
             cont = first(continue_from, NONE)
             if cont and cont != NONE:
                 weights = folder_paths.get_full_path("loras", cont)
                 if not weights:
                     raise ContinuityError(f"LoRA '{cont}' not found", input="continue_from")
-            if dataset:
-                if images:
-                    raise ContinuityError("connect either images or a dataset, not both", input="dataset")
-                imgs, char_masks, caps = _dataset_items(first(dataset))
-                loadimage = False
-            else:
-                imgs = [t.cpu().numpy() for t in _common.split_images(images)]
-                char_masks = [m.cpu().numpy() for m in _common.split_masks(masks)]
-                caps = list(captions or [])
-                loadimage = first(mask_meaning) == MASK_MEANINGS[1]
-            if not imgs:
-                raise ContinuityError("connect the character images (or a dataset version)", input="images")
+            imgs, char_masks, caps, loadimage = cls._training_data(images, masks, captions, dataset, mask_meaning,
+                                                                   first)
             regs = [t.cpu().numpy() for t in _common.split_images(reg_images)]
             job = training.create_job(
                 jobs_root=jobs_root(), loras_root=loras_root(), job_name=name, preset=p, overrides=ov,
@@ -356,93 +401,111 @@ class TrainLoRA(io.ComfyNode):
                 images=imgs, masks=char_masks or None, captions=caps or None, reg_images=regs or None,
                 token=first(token, ""), class_phrase=first(class_phrase, ""), shot=first(shot, ""),
                 mask_is_loadimage=loadimage, network_weights=weights,
-                weight_roots=folder_paths.get_folder_paths("loras"))
-        if node_id:
-            _NODE_OF_JOB[job.job_id] = node_id
+                weight_roots=folder_paths.get_folder_paths("loras"), tokenizer_cache_dir=sd.tokenizer_cache_dir,
+                extra_optimizers=sd.extra_optimizers)
+        for w in job.warnings:
+            log.warning("Continuity Train LoRA '%s': %s", job.job_id, w)
+        _NODE_OF_JOB[job.job_id] = (node_id, _client_id())
         _unload_models()
-        logs = os.path.join(job.job_dir, "logs")
+        notes = [f"job name '{name}' was taken meanwhile: this job is '{job.job_id}'"] if job.job_id != name else []
+        notes += [f"warning: {w}" for w in job.warnings]
         if mode == "background":
-            training.REGISTRY.start(job, resume=bool(resume))
+            training.REGISTRY.start(job, resume=bool(resume), mode="background")
             value = _job_value(job, "running")
-            return io.NodeOutput(value, value["lora_name"], logs,
-                                 ui={"text": [f"training '{job.job_id}' started in the background"],
-                                     "continuity_train": [{"job_id": job.job_id, "state": "running"}]})
-        lora = cls._run_and_wait(job, bool(resume), node_id)
-        value = _job_value(job, "finished", lora)
-        return io.NodeOutput(value, value["lora_name"], logs,
-                             ui={"text": [f"LoRA written: {value['lora_name']}"],
+            return io.NodeOutput(value, value["lora_name"], _log_folder(job),
+                                 ui={"text": [f"training '{job.job_id}' started in the background"] + notes,
+                                     "continuity_train": [{"job_id": job.job_id, "state": "running",
+                                                           "warnings": job.warnings}]})
+        st = cls._run_and_wait(job, bool(resume), node_id)
+        value = _job_value(job, "finished", st.lora_name)
+        return io.NodeOutput(value, value["lora_name"], _log_folder(job),
+                             ui={"text": [f"LoRA written: {value['lora_name']}"] + notes,
                                  "continuity_train": [{"job_id": job.job_id, "state": "finished",
-                                                       "lora_name": value["lora_name"]}]})
+                                                       "lora_name": value["lora_name"], "step": st.step,
+                                                       "total": st.total, "losses": st.losses,
+                                                       "warnings": job.warnings}]})
 
     @classmethod
-    def _run_and_wait(cls, job, resume: bool, node_id: str | None) -> str:
-        """Run the launcher in a worker thread; here: progress bar, websocket, interrupt."""
+    def _run_and_wait(cls, job, resume: bool, node_id: str | None):
+        """Run through the registry (status.json, server-stop handling); here: progress bar,
+        websocket messages (each step's last value always sent), and the interrupt, tracked
+        here because ComfyUI's progress hook clears the flag before anyone else sees it."""
         import comfy.model_management as mm
         import comfy.utils
         events: queue.Queue = queue.Queue()
-        cancel = _Interrupted()
-        result: dict = {}
-
-        def work():
-            try:
-                result["lora"] = training.launch(job, events.put, cancel, resume=resume)
-            except BaseException as exc:  # handed to the executing thread
-                result["error"] = exc
-
-        worker = threading.Thread(target=work, name=f"continuity-train-{job.job_id}", daemon=True)
-        total = job.total_steps or 1
-        pbar = comfy.utils.ProgressBar(total, node_id=node_id)
-        last_sent = 0.0
-        status = training.registry.JobStatus(job)
-        status.state = "running"
-        worker.start()
-        while worker.is_alive() or not events.empty():
-            if mm.processing_interrupted():
-                cancel.event.set()
+        sid = _client_id()
+        training.REGISTRY.start(job, resume=resume, mode="wait", listener=events.put)
+        st = training.REGISTRY.get(job.job_id)
+        pbar = comfy.utils.ProgressBar(max(1, st.total or 1), node_id=node_id)
+        sender = _ThrottledSender(lambda msg: _send(msg, sid), node_id)
+        interrupted = False
+        thread = training.REGISTRY._threads[job.job_id]
+        while thread.is_alive() or not events.empty():
+            if mm.processing_interrupted() and not interrupted:
+                interrupted = True
+                training.REGISTRY.cancel(job.job_id)
             try:
                 ev = events.get(timeout=0.1)
             except queue.Empty:
+                sender.flush()          # no new render: the pending value is the step's value
                 continue
-            status.apply(ev)
-            if ev.kind == "step" and ev.total:
+            if ev.kind == "step" and st.total:
                 try:
-                    pbar.update_absolute(min(ev.step, ev.total), ev.total)
+                    pbar.update_absolute(min(st.step, st.total), st.total)
                 except mm.InterruptProcessingException:
-                    cancel.event.set()
-            now = time.time()
-            if ev.kind != "step" or now - last_sent > 0.25 or ev.step == ev.total:
-                last_sent = now
-                msg = {k: v for k, v in status.to_dict().items() if k not in ("losses", "checkpoints", "job_dir")}
-                msg.update(node=node_id, point=status.losses[-1] if status.losses else None, kind=ev.kind)
-                _send(msg)
-        worker.join()
-        err = result.get("error")
-        if isinstance(err, training.TrainingCancelled):
-            _send({"job_id": job.job_id, "node": node_id, "state": "cancelled", "step": status.step,
-                   "total": status.total})
-            mm.throw_exception_if_processing_interrupted()
-            raise err
-        if err is not None:
-            _send({"job_id": job.job_id, "node": node_id, "state": "failed", "error": str(err)[:2000]})
-            raise err
-        _send({"job_id": job.job_id, "node": node_id, "state": "finished", "step": status.step,
-               "total": status.total, "lora_name": _lora_name(result["lora"])})
-        return result["lora"]
+                    interrupted = True       # the hook raised and cleared the flag: remember it
+                    training.REGISTRY.cancel(job.job_id)
+            sender.event(ev, _message(_public(st.to_dict(), with_tail=True), node_id, ev.kind))
+        thread.join()
+        sender.flush()
+        final = _public(st.to_dict(), with_tail=True)
+        _send(_message(final, node_id, "end"), sid)
+        if st.state == "finished":
+            return st
+        if interrupted or st.state in ("cancelled", "stopped"):
+            raise mm.InterruptProcessingException()
+        raise st.exc if isinstance(st.exc, ContinuityError) else training.TrainingFailed(st.error or "training failed")
+
+
+class _ThrottledSender:
+    """At most one message per 0.25 s per step, but never dropping a step's last value: the
+    pending message of a step is sent when the next step starts or when no render came for 0.1 s."""
+
+    def __init__(self, send, node_id, interval: float = 0.25):
+        self.send, self.node_id, self.interval = send, node_id, interval
+        self.pending: dict | None = None
+        self.last = 0.0
+
+    def event(self, ev, msg: dict) -> None:
+        if ev.kind != "step":
+            self.flush()
+            self._out(msg)
+            return
+        if self.pending is not None and self.pending.get("step") != msg.get("step"):
+            self.flush()
+        self.pending = msg
+        if time.time() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            msg, self.pending = self.pending, None
+            self._out(msg)
+
+    def _out(self, msg: dict) -> None:
+        self.last = time.time()
+        self.send(msg)
 
 
 # ----------------------------------------------------------------------------- status
 def job_status(job_id: str) -> dict | None:
-    """In-memory status (jobs of this process), else the status file of the job folder."""
+    """In-memory status (jobs of this process), else the job's status.json (checked): as clients
+    see it (no paths, no process ids, no log tail). Raises RecordError if the file is not valid."""
     job_id = training.check_job_name(job_id, input="job_id")
     st = training.REGISTRY.status(job_id)
     if st is None:
         st = training.read_status_file(os.path.join(jobs_root(), job_id))
-    if st is not None:
-        st = dict(st)
-        st["lora_name"] = _lora_name(st.get("lora_path"))
-        st.pop("job_dir", None)  # no server paths to clients
-        st.pop("lora_path", None)
-    return st
+    return _public(st) if st is not None else None
 
 
 class TrainingStatus(io.ComfyNode):
@@ -461,7 +524,7 @@ class TrainingStatus(io.ComfyNode):
                 io.Boolean.Input("cancel", default=False, tooltip="Stop the job (its saved states allow a resume)."),
             ],
             outputs=[
-                io.String.Output("state", display_name="state", tooltip="queued, running, finished, failed, cancelled or unknown."),
+                io.String.Output("state", display_name="state", tooltip="queued, running, finished, failed, cancelled, stopped (the server stopped; resume it) or unknown."),
                 io.Int.Output("step", display_name="step", tooltip="Current step."),
                 io.Float.Output("loss", display_name="loss", tooltip="Latest average loss (0 if none yet)."),
                 io.Combo.Output("lora_name", display_name="lora_name", tooltip="The LoRA name once finished ('' before)."),
@@ -480,11 +543,16 @@ class TrainingStatus(io.ComfyNode):
         jid = jid or job_id.strip()
         if not jid:
             raise ContinuityError("connect a job or give its name", input="job_id")
+        jid = training.check_job_name(jid, input="job_id")
         if cancel:
             training.REGISTRY.cancel(jid)
-        st = job_status(jid) or {"job_id": jid, "state": "unknown", "step": 0, "loss": None, "lora_name": None}
-        if cls.hidden and cls.hidden.unique_id is not None:
-            _NODE_OF_JOB.setdefault(jid, str(cls.hidden.unique_id))
+        try:
+            st = job_status(jid)
+        except training.RecordError as exc:
+            raise ContinuityError(f"the status of job '{jid}' cannot be read: {exc.message}", input="job_id") from None
+        st = st or {"job_id": jid, "state": "unknown", "step": 0, "loss": None, "lora_name": None}
+        if cls.hidden and cls.hidden.unique_id is not None and jid not in _NODE_OF_JOB:
+            _NODE_OF_JOB[jid] = (str(cls.hidden.unique_id), _client_id())
         text = (f"{jid}: {st['state']} step {st.get('step') or 0}/{st.get('total') or '?'}"
                 + (f" loss {st['loss']:.4g}" if st.get("loss") is not None else "")
                 + (f"\n{st['error'][-600:]}" if st.get("error") else ""))
@@ -508,12 +576,20 @@ def _register_routes() -> None:
 
     @routes.get("/continuity/train/jobs")
     async def _list(request):
-        return web.json_response({"jobs": [job_status(s["job_id"]) for s in training.REGISTRY.all()]})
+        jobs = []
+        for s_ in training.REGISTRY.all():
+            try:
+                jobs.append(job_status(s_["job_id"]))
+            except ContinuityError:
+                continue
+        return web.json_response({"jobs": jobs})
 
     @routes.get("/continuity/train/jobs/{job_id}")
     async def _get(request):
         try:
             st = job_status(request.match_info["job_id"])
+        except training.RecordError as exc:
+            return web.json_response({"error": f"the job's status cannot be read: {exc.message}"}, status=422)
         except ContinuityError as exc:
             return web.json_response({"error": exc.message}, status=400)
         if st is None:
@@ -536,6 +612,7 @@ try:
     _register_routes()
 except Exception:  # the nodes stay usable without the routes
     log.exception("Continuity: could not register the training routes")
+_configure_core()
 
 
 NODES = [TrainLoRA, TrainingStatus]

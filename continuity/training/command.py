@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ContinuityError, PathError
-from ..paths import confine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "trainers")
@@ -29,8 +28,15 @@ NETWORK_MODULES = {
     "train_network.py": ("networks.lora", "networks.dylora", "networks.oft"),
     "flux_train_network.py": ("networks.lora_flux",),
 }
+# Optimizers whose packages sd-scripts v0.10.1's own requirements.txt installs (torch, bitsandbytes,
+# lion-pytorch, prodigyopt, transformers). Others need a package in sd-scripts' environment first:
+# the server owner lists them in <user>/continuity/training.json ("extra_optimizers").
 OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion", "Lion8bit", "SGDNesterov", "SGDNesterov8bit",
-              "DAdaptation", "DAdaptAdam", "Prodigy", "Adafactor")
+              "Prodigy", "Adafactor")
+# sd-scripts' own optimizer names that need an extra package (dadaptation, ...): allowed only when
+# the server's training.json says they are installed.
+EXTRA_OPTIMIZERS = ("DAdaptation", "DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion",
+                    "DAdaptSGD", "PagedAdamW", "PagedAdamW32bit", "PagedLion8bit")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -98,13 +104,18 @@ OVERRIDABLE: dict[str, Param] = {
     "resolution": Param("int", 64, 4096, target="dataset"),
     "train_batch_size": Param("int", 1, 64, target="dataset"),
     "num_repeats": Param("int", 1, 1000, target="dataset"),
-    "reg_num_repeats": Param("int", 1, 1000, target="dataset"),
+}
+# settings that are refused with a reason (sd-scripts would ignore or reject them)
+REFUSED = {
+    "reg_num_repeats": "sd-scripts v0.10.1 repeats regularization images itself to balance the character "
+                       "images, whatever the reg subset's num_repeats says",
 }
 # options the builder itself sets; a preset may not set them either
 RESERVED = {"dataset_config", "output_dir", "output_name", "logging_dir", "resume", "network_weights",
             "save_state", "console_log_simple", "pretrained_model_name_or_path", "clip_l", "t5xxl", "ae", "vae",
             "lr_scheduler_args", "alpha_mask", "train_data_dir", "reg_data_dir", "config_file", "output_config",
-            "sample_prompts", "log_with", "wandb_api_key", "log_tracker_config", "network_args", "optimizer_args"}
+            "sample_prompts", "log_with", "wandb_api_key", "log_tracker_config", "network_args", "optimizer_args",
+            "tokenizer_cache_dir", "skip_until_initial_step", "initial_step", "initial_epoch"}
 # preset-only settings (fixed, not user-overridable)
 PRESET_ONLY = {"save_model_as": Param("choice", choices=("safetensors",))}
 
@@ -162,7 +173,7 @@ def load_preset(preset_id: str, folder: str = PRESETS_DIR) -> Preset:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         preset = Preset(id=data["id"], title=data.get("title", preset_id), description=data.get("description", ""),
-                        script=data["script"], contract=data.get("contract", data["script"]),
+                        script=data["script"], contract=data["script"],
                         models=data.get("models", {}), dataset=data.get("dataset", {}),
                         captions=data.get("captions", {}), args=data.get("args", {}), path=path)
     except (OSError, ValueError, KeyError) as exc:
@@ -182,9 +193,10 @@ def load_preset(preset_id: str, folder: str = PRESETS_DIR) -> Preset:
 
 
 # ---------------------------------------------------------------- overrides
-def _coerce(name: str, value: Any, p: Param, script: str, *, input: str) -> Any:
-    if p.scripts and script not in p.scripts:
-        raise ContinuityError(f"'{name}' does not apply to {script}", input=input)
+def _coerce(name: str, value: Any, p: Param, script: str, *, input: str, extra_optimizers=()) -> Any:
+    if (p.scripts and script not in p.scripts) or (p.target == "arg" and f"--{name}" not in contract(script)):
+        raise ContinuityError(f"'{name}' does not apply to {script} (sd-scripts v0.10.1 has no such option there)",
+                              input=input)
     if p.kind == "bool":
         if isinstance(value, bool):
             return value
@@ -195,6 +207,13 @@ def _coerce(name: str, value: Any, p: Param, script: str, *, input: str) -> Any:
         choices = p.choices or NETWORK_MODULES.get(script, ())
         if name == "network_module":
             choices = NETWORK_MODULES.get(script, ())
+        elif name == "optimizer_type":
+            choices = OPTIMIZERS + tuple(o for o in extra_optimizers if o in EXTRA_OPTIMIZERS)
+            if isinstance(value, str) and value in EXTRA_OPTIMIZERS and value not in choices:
+                raise ContinuityError(
+                    f"optimizer '{value}' needs a package that sd-scripts' requirements do not install; install it "
+                    "in sd-scripts' environment and list it in \"extra_optimizers\" of <ComfyUI>/user/continuity/"
+                    f"training.json. Available now: {', '.join(choices)}", input=input)
         if not isinstance(value, str) or value not in choices:
             raise ContinuityError(f"'{name}' = {value!r} is not allowed; choose one of: {', '.join(choices)}", input=input)
         return value
@@ -237,22 +256,32 @@ def parse_overrides(text: str, *, input: str = "overrides") -> dict[str, Any]:
             raise ContinuityError(f"'{line}' is not a 'name = value' line", input=input)
         key, _, value = line.partition("=")
         key = key.strip().lstrip("-")
-        if key not in OVERRIDABLE:
-            raise ContinuityError(f"'{key}' cannot be overridden; allowed: {', '.join(sorted(OVERRIDABLE))}", input=input)
+        _check_known(key, input)
         out[key] = value.strip()
     return out
 
 
-def resolve_settings(preset: Preset, overrides: dict | None, *, input: str = "overrides") -> tuple[dict, dict]:
-    """Preset args and dataset settings with the user's overrides applied and checked."""
+def _check_known(key: str, input: str) -> None:
+    if key in REFUSED:
+        raise ContinuityError(f"'{key}' cannot be set: {REFUSED[key]}", input=input)
+    if key not in OVERRIDABLE:
+        raise ContinuityError(f"'{key}' cannot be overridden; allowed: {', '.join(sorted(OVERRIDABLE))}", input=input)
+
+
+def resolve_settings(preset: Preset, overrides: dict | None, *, input: str = "overrides",
+                     extra_optimizers: tuple | list = ()) -> tuple[dict, dict]:
+    """Preset args and dataset settings with the user's overrides applied and checked.
+
+    Everything sd-scripts v0.10.1 would refuse at start-up (or after loading the models) is
+    refused here, before any file is written.
+    """
     args = dict(preset.args)
     dataset = dict(preset.dataset)
     for key, value in (overrides or {}).items():
         key = str(key).lstrip("-")
-        p = OVERRIDABLE.get(key)
-        if p is None:
-            raise ContinuityError(f"'{key}' cannot be overridden; allowed: {', '.join(sorted(OVERRIDABLE))}", input=input)
-        v = _coerce(key, value, p, preset.script, input=input)
+        _check_known(key, input)
+        p = OVERRIDABLE[key]
+        v = _coerce(key, value, p, preset.script, input=input, extra_optimizers=extra_optimizers)
         if p.target == "dataset":
             dataset[{"train_batch_size": "batch_size"}.get(key, key)] = v
         else:
@@ -284,7 +313,27 @@ def resolve_settings(preset: Preset, overrides: dict | None, *, input: str = "ov
                               "cannot have cached outputs)", input=input)
     if args.get("masked_loss") and not dataset.get("alpha_mask"):
         dataset["alpha_mask"] = True
+    _check_sd_scripts_rules(args, dataset, input)
     return args, dataset
+
+
+def _check_sd_scripts_rules(args: dict, dataset: dict, input: str) -> None:
+    """Combinations sd-scripts v0.10.1 refuses, refused (or made consistent) up front."""
+    if args.get("optimizer_type") == "Adafactor" and int(args.get("lr_warmup_steps", 0) or 0) > 0:
+        raise ContinuityError("optimizer 'Adafactor' cannot have lr_warmup_steps > 0: sd-scripts stops with "
+                              "'adafactor ... does not require num_warmup_steps' after loading the models; set "
+                              "lr_warmup_steps = 0 (or choose another optimizer)", input=input)
+    if args.get("full_bf16") and args.get("mixed_precision") != "bf16":
+        raise ContinuityError("full_bf16 needs mixed_precision = bf16 (sd-scripts refuses it otherwise)", input=input)
+    if args.get("persistent_data_loader_workers") and int(args.get("max_data_loader_n_workers", 1) or 0) == 0:
+        args.pop("persistent_data_loader_workers")  # PyTorch refuses persistent workers without workers
+    res = int(dataset.get("resolution", 1024))
+    if res % 64:
+        raise ContinuityError(f"resolution {res} must be a multiple of 64 (sd-scripts' bucket step)", input=input)
+    if dataset.get("enable_bucket", True):
+        # sd-scripts asserts min_bucket_reso <= resolution <= max_bucket_reso: keep the bounds around it
+        dataset["min_bucket_reso"] = min(int(dataset.get("min_bucket_reso", max(64, res // 2))), res)
+        dataset["max_bucket_reso"] = max(int(dataset.get("max_bucket_reso", res * 2)), res)
 
 
 # ---------------------------------------------------------------- contract
@@ -344,38 +393,55 @@ class BuiltCommand:
     dataset: dict = field(default_factory=dict)
 
 
+def model_file(path: str, roots: list[str], *, input: str, label: str) -> str:
+    """A model file as ComfyUI resolves it: inside one of its model folders by name.
+
+    Model folders belong to the server owner, so a symlink there is followed (ComfyUI lists and
+    loads it the same way); the name itself must not climb out of the folder (no '..'), must
+    exist and be a ``.safetensors`` file. Folders clients can write into (input, output, user)
+    are confined with realpath elsewhere; a model path never points there.
+    """
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise PathError(f"choose the {label}", input=input)
+    norm = os.path.normpath(os.path.abspath(path))
+    inside = [r for r in (os.path.normpath(os.path.abspath(r)) for r in roots)
+              if os.path.commonpath([norm, r]) == r and norm != r]
+    if not inside:
+        raise PathError(f"the {label} must be a file in ComfyUI's model folders", input=input)
+    if not os.path.isfile(norm):
+        raise PathError(f"the {label} '{os.path.basename(norm)}' does not exist", input=input)
+    if not norm.lower().endswith(".safetensors"):
+        raise PathError(f"the {label} must be a .safetensors file (got '{os.path.basename(norm)}')", input=input)
+    return norm
+
+
 def build_command(preset: Preset, overrides: dict | None, *, python: str, sd_scripts_root: str,
                   dataset_config: str, output_dir: str, output_name: str, models: dict[str, str],
                   model_roots: list[str], logging_dir: str | None = None,
                   network_weights: str | None = None, resume: str | None = None,
-                  weight_roots: list[str] | None = None) -> BuiltCommand:
+                  weight_roots: list[str] | None = None, tokenizer_cache_dir: str | None = None,
+                  extra_optimizers: tuple | list = ()) -> BuiltCommand:
     """The full argument list for one training run.
 
     ``models`` maps the preset's model slots (``pretrained_model_name_or_path``, ``clip_l``, ...)
-    to absolute paths; each must be a ``.safetensors`` file inside ``model_roots``.
+    to paths of ``.safetensors`` files in ``model_roots`` (ComfyUI's model folders).
     ``network_weights`` continues from a previous LoRA (inside ``weight_roots``, default the
-    model roots); ``resume`` is a saved state folder.
+    model roots); ``resume`` is a saved state folder: the run then skips the steps the state
+    holds (``--skip_until_initial_step``) and ends at the original total, numbering its saves
+    after the state's step. ``tokenizer_cache_dir`` is the server's tokenizer cache.
     """
     output_name = check_job_name(output_name, input="job_name")
-    args, dataset = resolve_settings(preset, overrides)
+    args, dataset = resolve_settings(preset, overrides, extra_optimizers=extra_optimizers)
     argv: list[str] = []
-    for slot, spec in preset.models.items():
-        path = models.get(slot)
-        label = spec.get("label", slot)
-        if not path:
-            raise ContinuityError(f"choose the {label}", input=slot)
-        real = confine(path, model_roots, input=slot, kind="file")
-        if not real.lower().endswith(".safetensors"):
-            raise PathError(f"the {label} must be a .safetensors file (got '{os.path.basename(real)}')", input=slot)
-        argv += [f"--{slot}", real]
     unknown = set(models) - set(preset.models)
     if unknown:
         raise ContinuityError(f"preset '{preset.id}' has no model slot {sorted(unknown)}", input="preset")
+    for slot, spec in preset.models.items():
+        label = spec.get("label", slot)
+        argv += [f"--{slot}", model_file(models.get(slot) or "", model_roots, input=slot, label=label)]
     if network_weights:
-        real = confine(network_weights, weight_roots or model_roots, input="network_weights", kind="file")
-        if not real.lower().endswith(".safetensors"):
-            raise PathError("network_weights must be a .safetensors LoRA", input="network_weights")
-        argv += ["--network_weights", real]
+        argv += ["--network_weights", model_file(network_weights, weight_roots or model_roots,
+                                                 input="network_weights", label="LoRA to continue from")]
     lr_end = args.pop("lr_end", None)
     for key, value in args.items():
         if value is False or value is None:
@@ -395,8 +461,10 @@ def build_command(preset: Preset, overrides: dict | None, *, python: str, sd_scr
              "--save_state", "--console_log_simple"]
     if logging_dir:
         argv += ["--logging_dir", logging_dir]
+    if tokenizer_cache_dir:
+        argv += ["--tokenizer_cache_dir", tokenizer_cache_dir]
     if resume:
-        argv += ["--resume", resume]
+        argv += ["--resume", resume, "--skip_until_initial_step"]
     check_against_contract(argv, contract(preset.contract))
     script = os.path.join(sd_scripts_root, preset.script)
     return BuiltCommand(argv=[python, script] + argv, args=args, dataset=dataset)

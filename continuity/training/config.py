@@ -7,10 +7,17 @@ Looked up in this order:
    ``.venv`` inside the checkout);
 2. ``<ComfyUI user folder>/continuity/training.json``::
 
-       {"sd_scripts": "/opt/sd-scripts", "python": "/opt/sd-scripts/venv/bin/python"}
+       {"sd_scripts": "/opt/sd-scripts", "python": "/opt/sd-scripts/venv/bin/python",
+        "tokenizer_cache_dir": "/opt/sd-scripts/tokenizers", "extra_optimizers": ["DAdaptAdam"]}
 
-The checkout must be at tag ``v0.10.1`` (read from its ``.git`` folder, no git command is run):
-that is the command-line contract the command builder checks against.
+``tokenizer_cache_dir`` (or ``CONTINUITY_SD_SCRIPTS_TOKENIZER_CACHE``) is passed to every run as
+``--tokenizer_cache_dir``: sd-scripts keeps the CLIP tokenizers there, which an offline server
+needs. ``extra_optimizers`` names sd-scripts optimizers whose package the owner installed in
+sd-scripts' environment (its requirements do not install ``dadaptation``).
+
+The checkout must be at tag ``v0.10.1`` (read from its ``.git`` folder, a ``git worktree``'s
+common folder included; no git command is run): that is the command-line contract the command
+builder checks against.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from ..errors import ContinuityError
 REQUIRED_TAG = "v0.10.1"
 ENV_ROOT = "CONTINUITY_SD_SCRIPTS"
 ENV_PYTHON = "CONTINUITY_SD_SCRIPTS_PYTHON"
+ENV_TOKENIZERS = "CONTINUITY_SD_SCRIPTS_TOKENIZER_CACHE"
 CONFIG_NAME = os.path.join("continuity", "training.json")
 
 INSTALL_HELP = (
@@ -45,6 +53,8 @@ class SdScripts:
     root: str          # the checkout
     python: str        # the interpreter of its own virtual environment
     version: str       # the tag found (or "unknown" when the version check is skipped)
+    tokenizer_cache_dir: str | None = None
+    extra_optimizers: tuple = ()
 
     def script(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -59,36 +69,53 @@ def _default_python(root: str) -> str:
     return ""
 
 
-def _read_settings(user_dir: str | None, env) -> tuple[str, str, bool, str]:
-    root = env.get(ENV_ROOT, "").strip()
-    python = env.get(ENV_PYTHON, "").strip()
-    skip = env.get("CONTINUITY_SD_SCRIPTS_SKIP_VERSION_CHECK", "").strip() in ("1", "true", "yes")
-    source = f"environment variable {ENV_ROOT}"
-    if not root and user_dir:
-        path = os.path.join(user_dir, CONFIG_NAME)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    data = json.load(fh)
-            except (OSError, ValueError) as exc:
-                raise SdScriptsNotConfigured(f"cannot read {path}: {exc}") from exc
-            if not isinstance(data, dict):
-                raise SdScriptsNotConfigured(f"{path} must hold a JSON object")
-            root = str(data.get("sd_scripts", "")).strip()
-            python = python or str(data.get("python", "")).strip()
-            skip = skip or bool(data.get("skip_version_check", False))
-            source = path
-    return root, python, skip, source
+def _read_settings(user_dir: str | None, env) -> dict:
+    out = {"root": env.get(ENV_ROOT, "").strip(), "python": env.get(ENV_PYTHON, "").strip(),
+           "skip": env.get("CONTINUITY_SD_SCRIPTS_SKIP_VERSION_CHECK", "").strip() in ("1", "true", "yes"),
+           "source": f"environment variable {ENV_ROOT}", "tokenizers": env.get(ENV_TOKENIZERS, "").strip(),
+           "extra": ()}
+    path = os.path.join(user_dir, CONFIG_NAME) if user_dir else ""
+    if not path or not os.path.isfile(path):
+        return out
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise SdScriptsNotConfigured(f"cannot read <ComfyUI>/user/{CONFIG_NAME}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SdScriptsNotConfigured(f"<ComfyUI>/user/{CONFIG_NAME} must hold a JSON object")
+    if not out["root"]:
+        out["root"] = str(data.get("sd_scripts", "")).strip()
+        out["source"] = path
+        out["skip"] = out["skip"] or data.get("skip_version_check") is True
+    out["python"] = out["python"] or str(data.get("python", "")).strip()
+    out["tokenizers"] = out["tokenizers"] or str(data.get("tokenizer_cache_dir", "") or "").strip()
+    extra = data.get("extra_optimizers", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) for x in extra):
+        raise SdScriptsNotConfigured(f"'extra_optimizers' in <ComfyUI>/user/{CONFIG_NAME} must be a list of names")
+    out["extra"] = tuple(extra)
+    return out
 
 
-def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
-    """The commit checked out in ``root`` and the tags that point at it (read from ``.git``)."""
+def _git_dirs(root: str) -> tuple[str, str]:
+    """(the checkout's own git folder, the common folder holding refs and tags)."""
     git = os.path.join(root, ".git")
-    if os.path.isfile(git):  # a worktree: "gitdir: <path>"
+    if os.path.isfile(git):  # a worktree or submodule: "gitdir: <path>"
         with open(git, encoding="utf-8") as fh:
             line = fh.read().strip()
         if line.startswith("gitdir:"):
             git = os.path.normpath(os.path.join(root, line[7:].strip()))
+    common = git
+    cpath = os.path.join(git, "commondir")
+    if os.path.isfile(cpath):  # a worktree's tags and packed refs live in the main repository's folder
+        with open(cpath, encoding="utf-8") as fh:
+            common = os.path.normpath(os.path.join(git, fh.read().strip()))
+    return git, common
+
+
+def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:
+    """The commit checked out in ``root`` and the tags that point at it (read from ``.git``)."""
+    git, common = _git_dirs(root)
     head_path = os.path.join(git, "HEAD")
     if not os.path.isfile(head_path):
         return None, []
@@ -96,7 +123,7 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
         head = fh.read().strip()
     refs: dict[str, str] = {}
     peeled: dict[str, str] = {}
-    packed = os.path.join(git, "packed-refs")
+    packed = os.path.join(common, "packed-refs")
     if os.path.isfile(packed):
         last = None
         with open(packed, encoding="utf-8") as fh:
@@ -110,7 +137,7 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
                 sha, _, ref = line.partition(" ")
                 refs[ref] = sha
                 last = ref
-    tag_dir = os.path.join(git, "refs", "tags")
+    tag_dir = os.path.join(common, "refs", "tags")
     if os.path.isdir(tag_dir):
         for name in os.listdir(tag_dir):
             p = os.path.join(tag_dir, name)
@@ -119,12 +146,12 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
                     refs[f"refs/tags/{name}"] = fh.read().strip()
     if head.startswith("ref:"):
         ref = head[4:].strip()
-        p = os.path.join(git, ref)
-        if os.path.isfile(p):
+        p = next((q for q in (os.path.join(git, ref), os.path.join(common, ref)) if os.path.isfile(q)), "")
+        if p:
             with open(p, encoding="utf-8") as fh:
                 commit = fh.read().strip()
         else:
-            commit = refs.get(ref, "")
+            commit = refs.get(ref)
     else:
         commit = head
     if not commit:
@@ -142,7 +169,8 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:  # noqa: C901
 def load_sd_scripts(user_dir: str | None = None, env=None, *, script: str | None = None) -> SdScripts:
     """Find and check the sd-scripts installation; a clear message if it is missing or wrong."""
     env = os.environ if env is None else env
-    root, python, skip, source = _read_settings(user_dir, env)
+    cfg = _read_settings(user_dir, env)
+    root, python, skip, source = cfg["root"], cfg["python"], cfg["skip"], cfg["source"]
     if not root:
         raise SdScriptsNotConfigured("kohya-ss sd-scripts is not configured.\n" + INSTALL_HELP)
     root = os.path.realpath(os.path.expanduser(root))
@@ -176,4 +204,6 @@ def load_sd_scripts(user_dir: str | None = None, env=None, *, script: str | None
                 f"{REQUIRED_TAG}: run 'git fetch --tags && git checkout {REQUIRED_TAG}' there "
                 "(and reinstall its requirements).")
         version = REQUIRED_TAG
-    return SdScripts(root=root, python=python, version=version)
+    tokenizers = os.path.realpath(os.path.expanduser(cfg["tokenizers"])) if cfg["tokenizers"] else None
+    return SdScripts(root=root, python=python, version=version, tokenizer_cache_dir=tokenizers,
+                     extra_optimizers=cfg["extra"])

@@ -13,10 +13,10 @@ another block is silently never used); masks travel as alpha, never as ``conditi
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -90,17 +90,45 @@ def render_caption(template: str, *, caption: str = "", token: str = "", class_p
     return text.strip(" ,")
 
 
+def toml_string(text: str) -> str:
+    """A TOML basic string for any Unicode text: characters kept as they are (UTF-8 in the file),
+    only quote, backslash and control characters escaped. JSON's ``\\ud83d``-style surrogate
+    escapes are not valid TOML; a lone surrogate cannot be written at all and is refused."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if 0xD800 <= o <= 0xDFFF:
+            raise ContinuityError("the text holds an invalid character (a lone surrogate)", input="captions")
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif o < 0x20 or o == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{o:04X}"))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a valid TOML basic string (\" \\ \n \uXXXX escapes)
+        return toml_string(v)
     raise TypeError(type(v))
 
 
+GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "caption_extension")
+DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso")
+
+
 def dataset_toml(general: dict, dataset: dict, subsets: list[dict]) -> str:
+    bad = (set(general) - set(GENERAL_KEYS)) | (set(dataset) - set(DATASET_KEYS))
+    if bad:
+        raise ContinuityError(f"dataset settings not allowed: {sorted(bad)}", input="job")
     lines = ["# written by Continuity for kohya-ss sd-scripts v0.10.1", "[general]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in general.items()]
     lines += ["", "[[datasets]]"]
@@ -108,7 +136,7 @@ def dataset_toml(general: dict, dataset: dict, subsets: list[dict]) -> str:
     for sub in subsets:
         bad = set(sub) - set(SUBSET_KEYS)
         if bad:
-            raise ValueError(f"subset keys not allowed: {sorted(bad)}")
+            raise ContinuityError(f"subset keys not allowed: {sorted(bad)}", input="job")
         lines += ["", "  [[datasets.subsets]]"]
         lines += [f"  {k} = {toml_value(v)}" for k, v in sub.items()]
     return "\n".join(lines) + "\n"
@@ -122,6 +150,74 @@ class DatasetWritten:
     num_repeats: int
     reg_num_repeats: int
     batch_size: int
+    sizes: list = field(default_factory=list)        # (width, height) of each character image
+    reg_sizes: list = field(default_factory=list)
+    resolution: int = 1024
+    bucket: tuple | None = None                      # (min_bucket_reso, max_bucket_reso) or None
+    warnings: list = field(default_factory=list)
+    spec: dict = field(default_factory=dict)         # general / dataset / subsets, folders relative to the job
+
+    def batches_per_epoch(self) -> int:
+        return batches_per_epoch(self.sizes, self.reg_sizes, repeats=self.num_repeats, batch_size=self.batch_size,
+                                 resolution=self.resolution, bucket=self.bucket)
+
+
+# ------------------------------------------------------------------ sd-scripts' bucketing, for step counts
+BUCKET_STEP = 64
+
+
+def bucket_resolutions(resolution: int, min_size: int, max_size: int, step: int = BUCKET_STEP) -> list[tuple]:
+    """The bucket sizes sd-scripts v0.10.1 makes for a square ``resolution`` (same area)."""
+    area = resolution * resolution
+    side = int(math.sqrt(area) // step) * step
+    resos = {(side, side)}
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((area // width) // step) * step)
+        if height >= min_size:
+            resos.add((width, height))
+            resos.add((height, width))
+        width += step
+    return sorted(resos)
+
+
+def reg_repeats(n_reg: int, n_train: int) -> list[int]:
+    """How often sd-scripts uses each regularization image: as many reg samples as character
+    samples (images x repeats), whatever the reg subset's own num_repeats."""
+    reps = [0] * n_reg
+    if not n_reg:
+        return reps
+    n = 0
+    while n < n_train:
+        for i in range(n_reg):
+            reps[i] += 1
+            n += 1
+            if n >= n_train:
+                break
+    return reps
+
+
+def batches_per_epoch(sizes, reg_sizes, *, repeats: int, batch_size: int, resolution: int,
+                      bucket: tuple | None) -> int:
+    """Steps of one epoch as sd-scripts counts them: images (x repeats) and the balanced
+    regularization images, grouped by aspect-ratio bucket, each bucket batched on its own."""
+    counts: dict = {}
+    if bucket:
+        resos = bucket_resolutions(resolution, bucket[0], bucket[1])
+        ratios = [w / h for w, h in resos]
+
+        def key(wh):
+            ar = wh[0] / max(1, wh[1])
+            return min(range(len(ratios)), key=lambda i: abs(ratios[i] - ar))
+    else:
+        def key(wh):
+            return 0
+    for wh in sizes:
+        counts[key(wh)] = counts.get(key(wh), 0) + repeats
+    for wh, n in zip(reg_sizes, reg_repeats(len(reg_sizes), len(sizes) * repeats)):
+        if n:
+            counts[key(wh)] = counts.get(key(wh), 0) + n
+    return sum(-(-c // max(1, batch_size)) for c in counts.values())
 
 
 def write_dataset(stage_dir: str, final_dir: str, *, images, masks=None, captions=None, reg_images=None,
@@ -191,15 +287,13 @@ def write_dataset(stage_dir: str, final_dir: str, *, images, masks=None, caption
             list(pool.map(reg_job, range(len(reg_images))))
 
     repeats = int(settings.get("num_repeats", 1))
-    reg_repeats = int(settings.get("reg_num_repeats", 1))
-    char_sub = {"image_dir": os.path.join(final_dir, IMAGE_DIR), "num_repeats": repeats,
-                "caption_extension": ext, "alpha_mask": alpha_mask}
+    char_sub = {"image_dir": IMAGE_DIR, "num_repeats": repeats, "caption_extension": ext, "alpha_mask": alpha_mask}
     fallback = render_caption(template_empty, token=token, class_phrase=class_phrase, shot=shot)
     if fallback:
         char_sub["class_tokens"] = fallback
     subsets = [char_sub]
     if reg_images:
-        subsets.append({"image_dir": os.path.join(final_dir, REG_DIR), "is_reg": True, "num_repeats": reg_repeats,
+        subsets.append({"image_dir": REG_DIR, "is_reg": True, "num_repeats": 1,
                         "caption_extension": ext, "alpha_mask": alpha_mask,
                         "class_tokens": render_caption("{class_phrase}", class_phrase=class_phrase)})
     general = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension": ext}
@@ -209,7 +303,30 @@ def write_dataset(stage_dir: str, final_dir: str, *, images, masks=None, caption
     if settings.get("enable_bucket", True):
         ds.update({"enable_bucket": True, "min_bucket_reso": int(settings.get("min_bucket_reso", max(64, res // 2))),
                    "max_bucket_reso": int(settings.get("max_bucket_reso", res * 2))})
-    toml_path = os.path.join(stage_dir, TOML_NAME)
-    with open(toml_path, "w", encoding="utf-8") as fh:
-        fh.write(dataset_toml(general, ds, subsets))
-    return DatasetWritten(os.path.join(final_dir, TOML_NAME), len(images), len(reg_images), repeats, reg_repeats, batch)
+    spec = {"general": general, "dataset": ds, "subsets": subsets}
+    with open(os.path.join(stage_dir, TOML_NAME), "w", encoding="utf-8") as fh:
+        fh.write(toml_for(spec, final_dir))
+    warnings = []
+    if masks and not alpha_mask and any(float(np.asarray(m).min()) < 0.999 for m in masks):
+        warnings.append("masks were given but this preset trains without masked loss, so they are not used; "
+                        "add 'masked_loss = true' to overrides to train on the masked pixels only")
+    sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) for im in images]
+    reg_sizes = [(int(np.asarray(im).shape[1]), int(np.asarray(im).shape[0])) for im in reg_images]
+    bucket = (ds["min_bucket_reso"], ds["max_bucket_reso"]) if ds.get("enable_bucket") else None
+    return DatasetWritten(os.path.join(final_dir, TOML_NAME), len(images), len(reg_images), repeats, 1, batch,
+                          sizes=sizes, reg_sizes=reg_sizes, resolution=res, bucket=bucket, warnings=warnings,
+                          spec=spec)
+
+
+def toml_for(spec: dict, job_dir: str) -> str:
+    """The dataset TOML of ``spec`` (subset folders named relative to the job) for ``job_dir``.
+
+    Only the two folders the pack writes are allowed, so a TOML made from a stored spec can
+    never point sd-scripts elsewhere.
+    """
+    subsets = []
+    for sub in spec["subsets"]:
+        if sub.get("image_dir") not in (IMAGE_DIR, REG_DIR):
+            raise ContinuityError("the job's dataset names a folder the pack does not write", input="job")
+        subsets.append({**sub, "image_dir": os.path.join(job_dir, sub["image_dir"])})
+    return dataset_toml(spec["general"], spec["dataset"], subsets)

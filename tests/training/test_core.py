@@ -237,7 +237,8 @@ def test_model_paths_confined_and_safetensors_only(models, tmp_path):
               model_roots=[str(root)])
     outside = tmp_path / "elsewhere.safetensors"
     outside.write_bytes(b"0")
-    for bad, msg in ((str(outside), "outside"), (str(root / "checkpoints" / ".." / ".." / "elsewhere.safetensors"), "outside"),
+    for bad, msg in ((str(outside), "model folders"),
+                     (str(root / "checkpoints" / ".." / ".." / "elsewhere.safetensors"), "model folders"),
                      (str(root / "checkpoints" / "old.ckpt"), ".safetensors"),
                      (str(root / "checkpoints" / "missing.safetensors"), "does not exist")):
         with pytest.raises(PathError) as err:
@@ -245,6 +246,11 @@ def test_model_paths_confined_and_safetensors_only(models, tmp_path):
         assert msg in str(err.value) and err.value.input == "pretrained_model_name_or_path"
     with pytest.raises(ContinuityError, match="choose the SDXL checkpoint"):
         build_command(p, None, models={}, **kw)
+    # a symlink inside a model folder is followed, as ComfyUI does (model folders are the owner's)
+    link = root / "checkpoints" / "linked.safetensors"
+    link.symlink_to(outside)
+    built = build_command(p, None, models={"pretrained_model_name_or_path": str(link)}, **kw)
+    assert built.argv[built.argv.index("--pretrained_model_name_or_path") + 1] == str(link)
     # network_weights: continue from a previous LoRA
     lora = root / "loras" / "prev.safetensors"
     lora.write_bytes(b"0")
@@ -315,8 +321,10 @@ def test_dataset_rgba_alpha_is_mask_and_toml_rules(tmp_path, models):
     char, regsub = subsets
     assert not char.get("is_reg") and char["num_repeats"] == 3 and regsub["is_reg"] is True
     assert Path(char["image_dir"]) == jd / "img" and Path(regsub["image_dir"]) == jd / "reg"
-    saved = json.loads((jd / "job.json").read_text())
-    assert saved["argv"] == job.argv and job.total_steps == 3 * 3 * 500
+    saved = json.loads((jd / "job.json").read_text())["data"]
+    assert saved["argv"] == job.argv and saved["preset"] == "sdxl_realistic"
+    # steps as sd-scripts counts them: 3 images x 3 repeats + as many reg samples, 500 epochs
+    assert job.total_steps == (3 * 3 + 3 * 3) * 500
     # never overwritten: same name again is refused, nothing changed
     before = pngs[0].read_bytes()
     with pytest.raises(ContinuityError, match="already exists"):

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support" / "fake_s
 import _fake_trainer
 
 from continuity.errors import ContinuityError
-from continuity.training import (REGISTRY, TrainingCancelled, TrainingFailed, TrainJob, create_job, find_states,
-                                 latest_state, launch, load_preset, load_sd_scripts)
+from continuity.training import (REGISTRY, TrainingCancelled, TrainingFailed, create_job, find_states, latest_state,
+                                 launch, load_job, load_preset, load_sd_scripts, read_status_file)
 
 
 @pytest.fixture()
@@ -125,9 +125,11 @@ def test_cancel_stops_the_whole_group_then_resume_from_latest_state(setup):
     path = launch(job, events.append, resume=True)
     assert os.path.isfile(path)
     argv = _fake_trainer.invocations(sd_root)[-1]["argv"]
-    assert argv[argv.index("--resume") + 1] == states[-1]
-    steps = [e.step for e in events if e.kind == "step"]
-    assert min(steps) >= 6 and max(steps) == 12
+    # the checked private copy of the latest recorded state, skipping the steps it holds
+    assert os.path.basename(argv[argv.index("--resume") + 1]) == os.path.basename(states[-1])
+    assert "--skip_until_initial_step" in argv
+    steps = [(e.step, e.total) for e in events if e.kind == "step"]
+    assert min(steps)[0] >= 6 and max(steps) == (12, 12) and all(t == 12 for _, t in steps)
     assert len(list(Path(job.job_dir, "logs").glob("run*.log"))) == 2, "each run keeps its own log"
 
 
@@ -162,10 +164,11 @@ def test_background_registry(setup):
         st = REGISTRY.wait(job_id, 60)
     finally:
         REGISTRY.listeners.remove(updates.append)
-    assert st["state"] == "finished" and os.path.isfile(st["lora_path"]) and st["step"] == st["total"] == 9
+    assert st["state"] == "finished" and st["lora_name"] == "bg/bg.safetensors" and st["step"] == st["total"] == 9
+    assert os.path.isfile(job.lora_path)
     assert len(st["losses"]) >= 2 and updates[-1]["state"] == "finished"
-    on_disk = json.loads(Path(job.job_dir, "status.json").read_text())
-    assert on_disk["state"] == "finished"
+    on_disk = read_status_file(job.job_dir)
+    assert on_disk["state"] == "finished" and on_disk["step"] == 9
     # a failing job reports through the status, never raises into the server
     job2 = make(name="bg2")
     _fake_trainer.set_control(sd_root, {"fail_at_step": 2})
@@ -182,8 +185,9 @@ def test_background_registry(setup):
 
 
 def test_job_reload_from_folder(setup):
-    _, make, _ = setup
+    _, make, models = setup
     job = make(name="again")
-    assert TrainJob.load(job.job_dir) == job
+    kw = dict(loras_root=str(models / "loras"), python=job.python, sd_root=job.sd_root, model_roots=job.model_roots)
+    assert load_job(job.job_dir, **kw) == job
     with pytest.raises(ContinuityError):
-        TrainJob.load(os.path.dirname(job.job_dir))
+        load_job(os.path.dirname(job.job_dir), **kw)

@@ -33,8 +33,12 @@ def env(comfy, tmp_path, monkeypatch):
     # ComfyUI's progress bar hook, as main.py installs it
     import comfy.utils as cu
     calls = []
-    monkeypatch.setattr(cu, "PROGRESS_BAR_HOOK", lambda value, total, preview, prompt_id=None, node_id=None:
-                        calls.append((value, total, node_id)))
+    import comfy.model_management as mm
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        mm.throw_exception_if_processing_interrupted()   # as main.py's hook: raises AND clears the flag
+        calls.append((value, total, node_id))
+    monkeypatch.setattr(cu, "PROGRESS_BAR_HOOK", hook)
     folder = comfy.base / "input" / f"train_{tmp_path.name}"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -70,7 +74,7 @@ def test_train_node_wait_mode_progress_websocket_and_lora(comfy, env):
     assert (comfy.base / "models" / "loras" / "node_job" / "node_job.safetensors").is_file()
     import folder_paths
     assert lora_name in folder_paths.get_filename_list("loras")  # LoraLoader can pick it
-    assert job["state"] == "finished" and Path(logs).is_dir()
+    assert job["state"] == "finished" and (comfy.base / "output" / logs).is_dir() and not Path(logs).is_absolute()
     # masks: LoadImage's MASK (1 - alpha) turned back into alpha = the opaque character
     png = comfy.base / "output" / "continuity_training" / "node_job" / "img" / "0001.png"
     a = np.asarray(Image.open(png))[..., 3]
@@ -80,9 +84,18 @@ def test_train_node_wait_mode_progress_websocket_and_lora(comfy, env):
     assert calls and calls[-1][:2] == (6, 6) and calls[-1][2] == "2"
     msgs = [d for e, d in res.messages if e == "continuity.train.progress"]
     assert msgs and msgs[-1]["state"] == "finished" and msgs[-1]["lora_name"] == lora_name
-    losses = [m["loss"] for m in msgs if m.get("loss") is not None]
-    assert losses and all(0.0 < x < 1.0 for x in losses)
+    # each step's last value reaches the client: its own loss, not the previous step's
+    last_point = {}
+    for m in msgs:
+        if m.get("point"):
+            last_point[m["point"][0]] = m["point"][1]
+    assert last_point == {k: _fake_trainer.fake_loss(k) for k in range(1, 7)}
     assert all(m["node"] == "2" for m in msgs)
+    # wait mode writes status.json too
+    from importlib import import_module
+    mod = import_module(comfy.pack_module.__name__ + ".continuity.training")
+    st = mod.read_status_file(str(comfy.base / "output" / "continuity_training" / "node_job"))
+    assert st["state"] == "finished" and st["step"] == st["total"] == 6 and st["mode"] == "wait"
     argv = _fake_trainer.invocations(sd_root)[-1]["argv"]
     assert argv[argv.index("--max_train_epochs") + 1] == "2"
     assert "--save_state" in argv and "--console_log_simple" in argv
@@ -116,7 +129,9 @@ def test_interrupt_stops_process_group_and_resume(comfy, env):
     t.start()
     res = comfy.run(_prompt(folder, "int_job", epochs=3), expect_success=False)
     t.join()
-    assert not res.success
+    # reported as a cancel, although the progress hook cleared ComfyUI's interrupt flag
+    events = [e for e, _ in comfy.executor.status_messages]
+    assert not res.success and "execution_interrupted" in events and "execution_error" not in events
     pid = _fake_trainer.invocations(sd_root)[0]["pid"]
     time.sleep(0.2)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
@@ -127,7 +142,7 @@ def test_interrupt_stops_process_group_and_resume(comfy, env):
     res = comfy.run(p)
     assert res.value("2", 1) == "int_job/int_job.safetensors"
     argv = _fake_trainer.invocations(sd_root)[-1]["argv"]
-    assert argv[argv.index("--resume") + 1].endswith("int_job-000001-state")
+    assert argv[argv.index("--resume") + 1].endswith("int_job-000001-state") and "--skip_until_initial_step" in argv
 
 
 def test_background_mode_and_status_node(comfy, env):
@@ -191,5 +206,5 @@ def test_existing_job_not_overwritten(comfy, env):
     comfy.run(_prompt(folder, "dup_job", epochs=1))
     before = (comfy.base / "models" / "loras" / "dup_job" / "dup_job.safetensors").read_bytes()
     res = comfy.run(_prompt(folder, "dup_job", epochs=1), expect_success=False)
-    assert "already exists" in res.error["exception_message"]
+    assert "already exists" in res.error["exception_message"] and str(comfy.base) not in res.error["exception_message"]
     assert (comfy.base / "models" / "loras" / "dup_job" / "dup_job.safetensors").read_bytes() == before

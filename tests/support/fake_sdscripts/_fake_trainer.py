@@ -1,16 +1,30 @@
-"""A stand-in for kohya-ss sd-scripts v0.10.1 training scripts, for tests.
+"""A stand-in for kohya-ss sd-scripts v0.10.1's network trainers, for tests.
 
-It parses the command line with a parser built from the real parsers' contract
-(tests/data/sdscripts_contract_v0.10.1.json, abbreviations off, types and choices enforced),
-reads the dataset TOML, and prints what sd-scripts prints: a tqdm bar ``steps:`` with
-``avr_loss`` on stderr (carriage returns), ``epoch k/M`` and ``saving checkpoint: <file>`` on
-stdout. It writes ``<output_name>-<epoch:06d>.safetensors`` and ``-state`` folders on each
-periodic save and the final ``<output_name>.safetensors``.
+It behaves as the real scripts were seen to behave (../../../shared/sd-scripts/README.md):
 
-Behaviour is controlled by ``fake_control.json`` next to the scripts:
-``{"fail_at_step": n, "hang_at_step": n, "ignore_sigint": bool, "ignore_sigterm": bool,
-"spawn_child": bool, "step_delay": s, "no_output_file": bool}``; it also records every
-invocation's argv in ``invocations.jsonl``.
+* the command line is parsed by a parser built from the script's OWN contract
+  (tests/data/sdscripts_contract_v0.10.1.json, abbreviations off, types and choices enforced):
+  ``train_network.py`` has no ``--cache_text_encoder_outputs``;
+* refusals: ``constant`` with warmup, ``Adafactor`` with warmup (after "loading" the models),
+  ``DAdaptation*`` (package not installed unless ``installed_optimizers`` says so), a resolution
+  outside the bucket bounds (AssertionError), ``full_bf16`` without bf16, persistent workers
+  without workers, unknown dataset TOML keys, no tokenizer cache when ``offline``;
+* steps per epoch count reg images (balanced to the character images) and bucket batching;
+* stderr carries tqdm renders that END with ``\\r`` (``framing`` "start" puts it first, as plain
+  tqdm does); each step is rendered twice: first with the previous step's ``avr_loss``, then with
+  its own; stdout carries the "running training" block, ``epoch k/M`` and
+  ``saving checkpoint: <file>``;
+* ``--resume`` without ``--skip_until_initial_step`` trains the full ``max_train_steps`` again
+  from step 0 and numbers its saves from 0 (overwriting earlier state folders); with it, the
+  saved steps are skipped, counting continues at the saved step and ends at the original total;
+* SIGINT stops it with KeyboardInterrupt (exit -2); saves ``<name>-<epoch:06d>`` /
+  ``<name>-step<step:08d>`` LoRAs with ``-state`` folders holding ``train_state.json``.
+
+``fake_control.json`` next to the scripts steers it: ``fail_at_step``, ``hang_at_step`` (before
+the step), ``pause_after_step`` (after both renders of the step), ``ignore_sigint``,
+``ignore_sigterm``, ``spawn_child``, ``step_delay``, ``no_output_file``, ``framing``,
+``installed_optimizers``, ``offline``. Every invocation's argv is appended to
+``invocations.jsonl``.
 """
 import argparse
 import json
@@ -22,12 +36,20 @@ import sys
 import time
 import tomllib
 
-from tqdm import tqdm
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRACT = next(p for p in (os.path.join(HERE, "contract.json"),
                             os.path.join(HERE, "..", "..", "data", "sdscripts_contract_v0.10.1.json"))
                 if os.path.isfile(p))
+SUBSET_KEYS = {"image_dir", "is_reg", "alpha_mask", "class_tokens", "caption_extension", "num_repeats"}
+DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "subsets"}
+GENERAL_KEYS = {"shuffle_caption", "keep_tokens", "caption_extension"}
+DADAPT = ("DAdaptation", "DAdaptAdam", "DAdaptAdaGrad", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion", "DAdaptSGD")
+
+
+def fake_loss(step: int) -> float:
+    """The avr_loss the fake reports for ``step`` (1-based), as tqdm shows it (3 significant digits):
+    no two neighbouring steps equal."""
+    return float(f"{0.1 + 0.05 * math.exp(-step / 20) + 0.004 * (step % 3):.3g}")
 
 
 def _type(name):
@@ -59,7 +81,156 @@ def build_parser(script):
     return p
 
 
-def main(script):  # noqa: C901
+# ------------------------------------------------------------------ dataset, as sd-scripts counts it
+def _bucket_resos(res, lo, hi, step=64):
+    area = res * res
+    side = int(math.sqrt(area) // step) * step
+    out = {(side, side)}
+    w = lo
+    while w <= hi:
+        h = min(hi, int((area // w) // step) * step)
+        if h >= lo:
+            out.add((w, h))
+            out.add((h, w))
+        w += step
+    return sorted(out)
+
+
+def _png_size(path):
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def read_dataset(path):
+    """(batches per epoch, train images x repeats, reg images used) from the dataset TOML."""
+    with open(path, "rb") as fh:
+        cfg = tomllib.load(fh)
+    if set(cfg) - {"general", "datasets"} or set(cfg.get("general", {})) - GENERAL_KEYS:
+        raise ValueError(f"extra keys not allowed in dataset config: {sorted(set(cfg) - {'general', 'datasets'})}")
+    total_batches = n_train_all = n_reg_all = 0
+    for block in cfg["datasets"]:
+        if set(block) - DATASET_KEYS:
+            raise ValueError(f"extra keys not allowed @ data['datasets']: {sorted(set(block) - DATASET_KEYS)}")
+        res = block.get("resolution", 512)
+        bucket = block.get("enable_bucket", False)
+        lo, hi = block.get("min_bucket_reso", 256), block.get("max_bucket_reso", 1024)
+        if bucket:
+            assert res >= lo, "min_bucket_reso must be equal or less than resolution / min_bucket_resoは最小解像度より大きくできません"
+            assert res <= hi, "max_bucket_reso must be equal or greater than resolution"
+            resos = _bucket_resos(res, lo, hi)
+            ratios = [w / h for w, h in resos]
+        train, reg = [], []
+        for sub in block["subsets"]:
+            if set(sub) - SUBSET_KEYS:
+                raise ValueError(f"extra keys not allowed in subset: {sorted(set(sub) - SUBSET_KEYS)}")
+            files = sorted(f for f in os.listdir(sub["image_dir"]) if f.endswith(".png"))
+            sizes = [_png_size(os.path.join(sub["image_dir"], f)) for f in files]
+            (reg if sub.get("is_reg") else train).extend((s, sub.get("num_repeats", 1)) for s in sizes)
+        counts = {}
+
+        def add(wh, n):
+            k = min(range(len(ratios)), key=lambda i: abs(ratios[i] - wh[0] / wh[1])) if bucket else 0
+            counts[k] = counts.get(k, 0) + n
+        for wh, n in train:
+            add(wh, n)
+        n_train = sum(n for _, n in train)
+        # reg images are repeated (or cut) to as many samples as the character images
+        reps = [0] * len(reg)
+        n = 0
+        while reg and n < n_train:
+            for i in range(len(reg)):
+                reps[i] += 1
+                n += 1
+                if n >= n_train:
+                    break
+        for (wh, _), r in zip(reg, reps):
+            if r:
+                add(wh, r)
+        bs = block.get("batch_size", 1)
+        total_batches += sum(-(-c // bs) for c in counts.values())
+        n_train_all += n_train
+        n_reg_all += sum(1 for r in reps if r)
+    return total_batches, n_train_all, n_reg_all
+
+
+# ------------------------------------------------------------------ output
+class Bar:
+    """tqdm's render, written whole with a carriage return at its end (or start)."""
+
+    def __init__(self, total, framing):
+        self.total, self.n, self.postfix, self.framing = total, 0, "", framing
+        self.t0 = time.time()
+        self.render()
+
+    def render(self):
+        elapsed = time.time() - self.t0
+        try:
+            from tqdm import tqdm
+            text = tqdm.format_meter(self.n, self.total, elapsed, prefix="steps", postfix=self.postfix or None,
+                                     ncols=None)
+        except ImportError:
+            pct = int(100 * self.n / max(1, self.total))
+            text = (f"steps: {pct:3d}%|{'█' * (pct // 10):10s}| {self.n}/{self.total} [00:00<00:00, 1.00it/s"
+                    + (f", {self.postfix}" if self.postfix else "") + "]")
+        sys.stderr.write(text + "\r" if self.framing == "end" else "\r" + text)
+        sys.stderr.flush()
+
+    def update(self):
+        self.n += 1
+        self.render()
+
+    def set_postfix(self, **kw):
+        self.postfix = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
+        self.render()
+
+    def close(self):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _write_lora(path):
+    header = json.dumps({"__metadata__": {"ss_network_module": "networks.lora"}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(header).to_bytes(8, "little") + header)
+
+
+def _save(args, out, label, epoch, step):
+    ckpt = os.path.join(out, f"{args.output_name}-{label}.safetensors")
+    print(f"\nsaving checkpoint: {ckpt}", flush=True)
+    _write_lora(ckpt)
+    if args.save_state:
+        sdir = os.path.join(out, f"{args.output_name}-{label}-state")
+        os.makedirs(sdir, exist_ok=True)
+        for name in ("optimizer.bin", "random_states_0.pkl"):
+            with open(os.path.join(sdir, name), "wb") as fh:
+                fh.write(os.urandom(64))
+        with open(os.path.join(sdir, "train_state.json"), "w") as fh:
+            json.dump({"current_epoch": epoch, "current_step": step}, fh)
+
+
+def _check_refusals(args, control, script):
+    if args.lr_scheduler == "constant" and args.lr_warmup_steps:
+        raise ValueError("constant scheduler does not take warmup steps")
+    if args.full_bf16:
+        assert args.mixed_precision == "bf16", "full_bf16 requires mixed precision='bf16'"
+    if args.persistent_data_loader_workers and args.max_data_loader_n_workers == 0:
+        raise ValueError("persistent_workers option needs num_workers > 0")
+    opt = args.optimizer_type or "AdamW"
+    if opt in DADAPT and opt not in control.get("installed_optimizers", []):
+        raise ImportError("No module named 'dadaptation'")
+    if control.get("offline") and not args.tokenizer_cache_dir:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the tokenizer (offline)")
+    if args.tokenizer_cache_dir:
+        os.makedirs(args.tokenizer_cache_dir, exist_ok=True)
+    print("loading models ...", flush=True)
+    if opt.lower() == "adafactor" and args.lr_warmup_steps:
+        raise ValueError(f"adafactor:{args.lr_scheduler} does not require num_warmup_steps / "
+                         "Adafactorはnum_warmup_stepsを必要としません")
+
+
+def main(script):
     control = {}
     cpath = os.path.join(HERE, "fake_control.json")
     if os.path.isfile(cpath):
@@ -79,46 +250,34 @@ def main(script):  # noqa: C901
                                   "signal.signal(signal.SIGTERM, signal.SIG_IGN);time.sleep(600)"])
         with open(os.path.join(HERE, "children.txt"), "a") as fh:
             fh.write(f"{child.pid}\n")
-    if args.lr_scheduler == "constant" and args.lr_warmup_steps:
-        raise ValueError("constant scheduler does not take warmup steps")  # as sd-scripts refuses it
-    with open(args.dataset_config, "rb") as fh:
-        cfg = tomllib.load(fh)
-    n_images = 0
-    batch = 1
-    for block in cfg["datasets"]:
-        batch = block.get("batch_size", 1)
-        for sub in block["subsets"]:
-            if sub.get("is_reg"):
-                continue
-            files = [f for f in os.listdir(sub["image_dir"]) if f.endswith(".png")]
-            n_images += len(files) * sub.get("num_repeats", 1)
-    steps_per_epoch = max(1, math.ceil(n_images / batch))
+    per_epoch, n_train, n_reg = read_dataset(args.dataset_config)
+    _check_refusals(args, control, script)
     if args.max_train_epochs:
-        total = steps_per_epoch * args.max_train_epochs
-        epochs = args.max_train_epochs
+        total = per_epoch * args.max_train_epochs
     else:
         total = args.max_train_steps
-        epochs = math.ceil(total / steps_per_epoch)
+    epochs = math.ceil(total / per_epoch)
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
-    name = args.output_name
-    start_step = 0
+    saved = 0
     if args.resume:
         with open(os.path.join(args.resume, "train_state.json")) as fh:
-            st = json.load(fh)
-        start_step = st["current_step"]
-        print(f"resume training from {args.resume}, step {start_step}", flush=True)
-    first_epoch = start_step // steps_per_epoch
-    print(f"running training / 学習開始\n  num train images * repeats: {n_images}\n  num epochs: {epochs}\n"
-          f"  total optimization steps: {total}", flush=True)
-    bar = tqdm(range(total - start_step), smoothing=0, desc="steps", mininterval=0)
-    step = start_step
+            saved = int(json.load(fh)["current_step"])
+        print(f"resume training from local state: {args.resume}", flush=True)
+    print(f"running training / 学習開始\n  num train images * repeats / 学習画像の数×繰り返し回数: {n_train}\n"
+          f"  num reg images / 正則化画像の数: {n_reg}\n  num batches per epoch / 1epochのバッチ数: {per_epoch}\n"
+          f"  num epochs / epoch数: {epochs}\n  total optimization steps / 学習ステップ数: {total}", flush=True)
+    epoch_start = saved // per_epoch
+    skip = saved - epoch_start * per_epoch if args.skip_until_initial_step else 0
+    step = saved if args.skip_until_initial_step else 0
+    bar = Bar(total - step, control.get("framing", "end"))
     delay = float(control.get("step_delay", 0.005))
-    for epoch in range(first_epoch, epochs):
-        print(f"\nepoch {epoch + 1}/{epochs}", flush=True)
-        for _ in range(steps_per_epoch):
-            if step >= total:
-                break
+    for epoch in range(epoch_start, epochs):
+        print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)
+        for _ in range(per_epoch):
+            if skip:
+                skip -= 1
+                continue
             step += 1
             if control.get("fail_at_step") == step:
                 print("Traceback (most recent call last):", file=sys.stderr, flush=True)
@@ -129,33 +288,25 @@ def main(script):  # noqa: C901
                 while True:
                     time.sleep(0.1)
             time.sleep(delay)
-            loss = 0.1 + 0.05 * math.exp(-step / 20)
-            bar.update(1)
-            bar.set_postfix(avr_loss=loss)
-        every = args.save_every_n_epochs
-        if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-            ckpt = os.path.join(out, f"{name}-{epoch + 1:06d}.safetensors")
-            print(f"\nsaving checkpoint: {ckpt}", flush=True)
-            _write_lora(ckpt)
-            if args.save_state:
-                sdir = os.path.join(out, f"{name}-{epoch + 1:06d}-state")
-                os.makedirs(sdir, exist_ok=True)
-                with open(os.path.join(sdir, "train_state.json"), "w") as fh:
-                    json.dump({"current_epoch": epoch + 1, "current_step": step}, fh)
-                time.sleep(0.01)
+            bar.update()                                   # rendered with the previous step's loss
+            if args.save_every_n_steps and step % args.save_every_n_steps == 0:
+                _save(args, out, f"step{step:08d}", epoch + 1, step)
+            bar.set_postfix(avr_loss=fake_loss(step))     # rendered again with this step's loss
+            if control.get("pause_after_step") == step:
+                while True:
+                    time.sleep(0.1)
+            if step >= total:
+                break
+        if args.save_every_n_epochs and (epoch + 1) % args.save_every_n_epochs == 0 and epoch + 1 < epochs:
+            _save(args, out, f"{epoch + 1:06d}", epoch + 1, step)
+        if step >= total:
+            break
     bar.close()
     if not control.get("no_output_file"):
-        ckpt = os.path.join(out, f"{name}.safetensors")
+        ckpt = os.path.join(out, f"{args.output_name}.safetensors")
         print(f"\nsaving checkpoint: {ckpt}", flush=True)
         _write_lora(ckpt)
     print("model saved.", flush=True)
-
-
-def _write_lora(path):
-    header = json.dumps({"__metadata__": {"ss_network_module": "networks.lora"}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(header).to_bytes(8, "little") + header)
 
 
 def install(dest, *, tag="v0.10.1", control=None):

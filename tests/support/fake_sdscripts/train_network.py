@@ -6,4 +6,4 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _fake_trainer import main
 
 if __name__ == "__main__":
-    main("sdxl_train_network.py")
+    main("train_network.py")
