@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import threading
 import time
 
 import numpy as np
@@ -182,7 +181,6 @@ def _dataset_items(dataset) -> tuple[list, list, list]:
 def _configure_core() -> None:
     """Server-side set-up: the private folder of the training key, trainers stopped with the
     server, and jobs a previous server left running shown as they are."""
-    training.configure(os.path.join(folder_paths.get_user_directory(), "continuity"))
     training.install_shutdown_hooks()
     try:
         fixed = training.reconcile(jobs_root(), training.REGISTRY)

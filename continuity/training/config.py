@@ -144,6 +144,7 @@ def git_tags_at_head(root: str) -> tuple[str | None, list[str]]:
             if os.path.isfile(p):
                 with open(p, encoding="utf-8") as fh:
                     refs[f"refs/tags/{name}"] = fh.read().strip()
+    commit: str | None
     if head.startswith("ref:"):
         ref = head[4:].strip()
         p = next((q for q in (os.path.join(git, ref), os.path.join(common, ref)) if os.path.isfile(q)), "")

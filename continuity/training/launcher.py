@@ -104,7 +104,7 @@ class TrainJob:
 
 def _job_schema(data) -> dict:
     r = records
-    value = lambda v: isinstance(v, (str, bool)) or r.is_num(v) or r.list_of(r.is_num, 4)(v)  # noqa: E731
+    value = lambda v: isinstance(v, (str, bool)) or r.is_num(v) or r.list_of(r.is_num, 4)(v)
     r.fields(data, {"version": lambda v: v == JOB_VERSION, "job_id": r.is_str(64), "output_name": r.is_str(64),
                     "preset": r.is_str(64), "argv": r.list_of(r.is_str(4096), 500), "total_steps": r.opt(r.is_int),
                     "created": r.is_num,
@@ -114,10 +114,10 @@ def _job_schema(data) -> dict:
                     "warnings": r.list_of(r.is_str(2000), 20)}, kind="job.json")
     for key in ("version", "job_id", "output_name", "preset", "overrides", "models", "dataset"):
         if key not in data:
-            raise records.RecordError(f"job.json has no '{key}'")
+            raise records.RecordError(f"job.json has no '{key}'", input="job_name")
     cmd.check_job_name(data["job_id"])
     if data["output_name"] != data["job_id"]:
-        raise records.RecordError("job.json names another job")
+        raise records.RecordError("job.json names another job", input="job_name")
     return data
 
 
@@ -125,9 +125,10 @@ def load_job(job_dir: str, *, loras_root: str, python: str, sd_root: str, model_
              weight_roots: list[str] | None = None, tokenizer_cache_dir: str | None = None,
              extra_optimizers=()) -> TrainJob:
     """A job folder read back (keyed, schema-checked), with the server's side filled in."""
-    data = records.read_record(os.path.join(job_dir, JOB_FILE), "job.json", _job_schema)
+    data = records.read_record(os.path.join(job_dir, JOB_FILE), "job.json", _job_schema,
+                               job_id=os.path.basename(os.path.normpath(job_dir)))
     if data["job_id"] != os.path.basename(os.path.normpath(job_dir)):
-        raise records.RecordError("job.json belongs to another job folder")
+        raise records.RecordError("job.json belongs to another job folder", input="job_name")
     return TrainJob(job_id=data["job_id"], job_dir=job_dir, lora_dir=os.path.join(loras_root, data["job_id"]),
                     output_name=data["output_name"], preset=data["preset"], argv=list(data.get("argv", [])),
                     total_steps=data.get("total_steps"), created=float(data.get("created", 0.0)),
@@ -217,7 +218,7 @@ def _place(stage: str, job: TrainJob, jobs_root: str, loras_root: str) -> None:
         job.argv = job.command(dataset_config=os.path.join(final, ds.TOML_NAME)).argv
         with open(os.path.join(stage, ds.TOML_NAME), "w", encoding="utf-8") as fh:
             fh.write(ds.toml_for(job.dataset, final))
-        records.write_record(os.path.join(stage, JOB_FILE), "job.json", job.record())
+        records.write_record(os.path.join(stage, JOB_FILE), "job.json", job.record(), job_id=name)
         try:
             os.rename(stage, final)
             return
@@ -238,7 +239,7 @@ def _states_schema(data) -> dict:
                 and records.is_int(rec.get("step")) and isinstance(rec.get("files"), dict)
                 and all(isinstance(k, str) and "/" not in k and k not in (".", "..") and isinstance(v, str)
                         for k, v in rec["files"].items())):
-            raise records.RecordError("states.json has an unexpected entry")
+            raise records.RecordError("states.json has an unexpected entry", input="job_name")
     return data
 
 
@@ -246,7 +247,7 @@ def recorded_states(job: TrainJob) -> dict:
     path = os.path.join(job.job_dir, STATES_FILE)
     if not os.path.exists(path):
         return {}
-    return records.read_record(path, "states.json", _states_schema)
+    return records.read_record(path, "states.json", _states_schema, job_id=job.job_id)
 
 
 def find_states(job: TrainJob) -> list[str]:
@@ -282,7 +283,7 @@ def _record_new_states(job: TrainJob, labels: list[str]) -> None:
         recs[name] = {"step": step, "files": files}
         changed = True
     if changed:
-        records.write_record(os.path.join(job.job_dir, STATES_FILE), "states.json", recs)
+        records.write_record(os.path.join(job.job_dir, STATES_FILE), "states.json", recs, job_id=job.job_id)
 
 
 def _stage_state(job: TrainJob, run_dir: str) -> tuple[str, int]:
@@ -403,7 +404,7 @@ class _Run:
         self.job, self.on_progress, self.offset = job, on_progress, offset
         self.tail: deque[str] = deque(maxlen=40)
         self.lock = threading.Lock()
-        self.log = open(log_path, "a", encoding="utf-8", errors="replace")
+        self.log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by _run
         self.total_line: int | None = None
         self.labels: list[str] = []
 

@@ -38,12 +38,12 @@ class JobStatus:
         self.mode = mode
         self.state = "queued"
         self.step = 0
-        self.total = job.total_steps
-        self.epoch = None
-        self.epochs = None
-        self.loss = None
-        self.eta_s = None
-        self.rate = None
+        self.total: int | None = job.total_steps
+        self.epoch: int | None = None
+        self.epochs: int | None = None
+        self.loss: float | None = None
+        self.eta_s: float | None = None
+        self.rate: str | None = None
         self.losses: list[list] = []
         self.checkpoints: list[str] = []
         self.lora_path: str | None = None
@@ -108,7 +108,7 @@ def _status_schema(data) -> dict:
     }, kind="status.json")
     for key in ("job_id", "state", "step"):
         if key not in data:
-            raise records.RecordError(f"status.json has no '{key}'")
+            raise records.RecordError(f"status.json has no '{key}'", input="job_name")
     return data
 
 
@@ -117,14 +117,15 @@ def read_status_file(job_dir: str) -> dict | None:
     path = os.path.join(job_dir, STATUS_FILE)
     if not os.path.lexists(path):
         return None
-    data = records.read_record(path, "status.json", _status_schema)
+    data = records.read_record(path, "status.json", _status_schema, job_id=os.path.basename(os.path.normpath(job_dir)))
     if data["job_id"] != os.path.basename(os.path.normpath(job_dir)):
-        raise records.RecordError("status.json belongs to another job")
+        raise records.RecordError("status.json belongs to another job", input="job_name")
     return data
 
 
 def write_status_file(job_dir: str, data: dict) -> None:
-    records.write_record(os.path.join(job_dir, STATUS_FILE), "status.json", data)
+    records.write_record(os.path.join(job_dir, STATUS_FILE), "status.json", data,
+                         job_id=os.path.basename(os.path.normpath(job_dir)))
 
 
 class JobRegistry:
@@ -258,7 +259,7 @@ class JobRegistry:
 
 def reconcile(jobs_root: str, registry: JobRegistry | None = None) -> list[str]:
     """At start-up: jobs a previous server left 'running' get their true state (see module doc)."""
-    fixed = []
+    fixed: list[str] = []
     if not os.path.isdir(jobs_root):
         return fixed
     for name in sorted(os.listdir(jobs_root)):
@@ -273,7 +274,7 @@ def reconcile(jobs_root: str, registry: JobRegistry | None = None) -> list[str]:
             continue
         pid, start = st.get("pid"), st.get("pid_start")
         alive = bool(pid and start and process_start_time(pid) == start)
-        if alive:
+        if alive and pid:
             _kill_group_pid(pid)
         st.update(state="stopped", pid=None, pid_start=None, updated=time.time(),
                   error=("the server was restarted while this job trained; its trainer was stopped. "

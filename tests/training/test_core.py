@@ -321,7 +321,7 @@ def test_dataset_rgba_alpha_is_mask_and_toml_rules(tmp_path, models):
     char, regsub = subsets
     assert not char.get("is_reg") and char["num_repeats"] == 3 and regsub["is_reg"] is True
     assert Path(char["image_dir"]) == jd / "img" and Path(regsub["image_dir"]) == jd / "reg"
-    saved = json.loads((jd / "job.json").read_text())["data"]
+    saved = json.loads((jd / "job.json").read_text())
     assert saved["argv"] == job.argv and saved["preset"] == "sdxl_realistic"
     # steps as sd-scripts counts them: 3 images x 3 repeats + as many reg samples, 500 epochs
     assert job.total_steps == (3 * 3 + 3 * 3) * 500

@@ -1,7 +1,6 @@
 """The real launcher driving a fake sd-scripts that prints sd-scripts' exact progress output."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading

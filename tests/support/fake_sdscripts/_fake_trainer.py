@@ -102,56 +102,59 @@ def _png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+def _reg_repeats(n_reg, n_train):
+    """Reg images are repeated (or cut) to as many samples as the character images."""
+    reps = [0] * n_reg
+    n = 0
+    while n_reg and n < n_train:
+        for i in range(n_reg):
+            reps[i] += 1
+            n += 1
+            if n >= n_train:
+                break
+    return reps
+
+
+def _block_batches(block):
+    res = block.get("resolution", 512)
+    bucket = block.get("enable_bucket", False)
+    lo, hi = block.get("min_bucket_reso", 256), block.get("max_bucket_reso", 1024)
+    ratios = [0.0]
+    if bucket:
+        assert res >= lo, "min_bucket_reso must be equal or less than resolution / min_bucket_resoは最小解像度より大きくできません"
+        assert res <= hi, "max_bucket_reso must be equal or greater than resolution"
+        ratios = [w / h for w, h in _bucket_resos(res, lo, hi)]
+    train, reg = [], []
+    for sub in block["subsets"]:
+        if set(sub) - SUBSET_KEYS:
+            raise ValueError(f"extra keys not allowed in subset: {sorted(set(sub) - SUBSET_KEYS)}")
+        files = sorted(f for f in os.listdir(sub["image_dir"]) if f.endswith(".png"))
+        sizes = [_png_size(os.path.join(sub["image_dir"], f)) for f in files]
+        (reg if sub.get("is_reg") else train).extend((s, sub.get("num_repeats", 1)) for s in sizes)
+    n_train = sum(n for _, n in train)
+    reps = _reg_repeats(len(reg), n_train)
+    counts = {}
+    for wh, n in [*train, *[(size, r) for (size, _), r in zip(reg, reps)]]:
+        if n:
+            k = min(range(len(ratios)), key=lambda i, ar=wh[0] / wh[1]: abs(ratios[i] - ar)) if bucket else 0
+            counts[k] = counts.get(k, 0) + n
+    bs = block.get("batch_size", 1)
+    return sum(-(-c // bs) for c in counts.values()), n_train, sum(1 for r in reps if r)
+
+
 def read_dataset(path):
     """(batches per epoch, train images x repeats, reg images used) from the dataset TOML."""
     with open(path, "rb") as fh:
         cfg = tomllib.load(fh)
     if set(cfg) - {"general", "datasets"} or set(cfg.get("general", {})) - GENERAL_KEYS:
         raise ValueError(f"extra keys not allowed in dataset config: {sorted(set(cfg) - {'general', 'datasets'})}")
-    total_batches = n_train_all = n_reg_all = 0
+    total = [0, 0, 0]
     for block in cfg["datasets"]:
         if set(block) - DATASET_KEYS:
             raise ValueError(f"extra keys not allowed @ data['datasets']: {sorted(set(block) - DATASET_KEYS)}")
-        res = block.get("resolution", 512)
-        bucket = block.get("enable_bucket", False)
-        lo, hi = block.get("min_bucket_reso", 256), block.get("max_bucket_reso", 1024)
-        if bucket:
-            assert res >= lo, "min_bucket_reso must be equal or less than resolution / min_bucket_resoは最小解像度より大きくできません"
-            assert res <= hi, "max_bucket_reso must be equal or greater than resolution"
-            resos = _bucket_resos(res, lo, hi)
-            ratios = [w / h for w, h in resos]
-        train, reg = [], []
-        for sub in block["subsets"]:
-            if set(sub) - SUBSET_KEYS:
-                raise ValueError(f"extra keys not allowed in subset: {sorted(set(sub) - SUBSET_KEYS)}")
-            files = sorted(f for f in os.listdir(sub["image_dir"]) if f.endswith(".png"))
-            sizes = [_png_size(os.path.join(sub["image_dir"], f)) for f in files]
-            (reg if sub.get("is_reg") else train).extend((s, sub.get("num_repeats", 1)) for s in sizes)
-        counts = {}
-
-        def add(wh, n):
-            k = min(range(len(ratios)), key=lambda i: abs(ratios[i] - wh[0] / wh[1])) if bucket else 0
-            counts[k] = counts.get(k, 0) + n
-        for wh, n in train:
-            add(wh, n)
-        n_train = sum(n for _, n in train)
-        # reg images are repeated (or cut) to as many samples as the character images
-        reps = [0] * len(reg)
-        n = 0
-        while reg and n < n_train:
-            for i in range(len(reg)):
-                reps[i] += 1
-                n += 1
-                if n >= n_train:
-                    break
-        for (wh, _), r in zip(reg, reps):
-            if r:
-                add(wh, r)
-        bs = block.get("batch_size", 1)
-        total_batches += sum(-(-c // bs) for c in counts.values())
-        n_train_all += n_train
-        n_reg_all += sum(1 for r in reps if r)
-    return total_batches, n_train_all, n_reg_all
+        for i, v in enumerate(_block_batches(block)):
+            total[i] += v
+    return tuple(total)
 
 
 # ------------------------------------------------------------------ output
@@ -230,12 +233,7 @@ def _check_refusals(args, control, script):
                          "Adafactorはnum_warmup_stepsを必要としません")
 
 
-def main(script):
-    control = {}
-    cpath = os.path.join(HERE, "fake_control.json")
-    if os.path.isfile(cpath):
-        with open(cpath) as fh:
-            control = json.load(fh)
+def _start(script, control):
     with open(os.path.join(HERE, "invocations.jsonl"), "a") as fh:
         fh.write(json.dumps({"script": script, "argv": sys.argv[1:], "pid": os.getpid(),
                              "pgid": os.getpgid(0), "python": sys.executable}) + "\n")
@@ -250,12 +248,38 @@ def main(script):
                                   "signal.signal(signal.SIGTERM, signal.SIG_IGN);time.sleep(600)"])
         with open(os.path.join(HERE, "children.txt"), "a") as fh:
             fh.write(f"{child.pid}\n")
+    return args
+
+
+def _step(args, control, bar, out, epoch, step):
+    """One optimisation step as sd-scripts renders it (two renders) and saves it."""
+    if control.get("fail_at_step") == step:
+        print("Traceback (most recent call last):", file=sys.stderr, flush=True)
+        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if control.get("hang_at_step") == step:
+        while True:
+            time.sleep(0.1)
+    time.sleep(float(control.get("step_delay", 0.005)))
+    bar.update()                                   # rendered with the previous step's loss
+    if args.save_every_n_steps and step % args.save_every_n_steps == 0:
+        _save(args, out, f"step{step:08d}", epoch + 1, step)
+    bar.set_postfix(avr_loss=fake_loss(step))     # rendered again with this step's loss
+    if control.get("pause_after_step") == step:
+        while True:
+            time.sleep(0.1)
+
+
+def main(script):
+    control = {}
+    cpath = os.path.join(HERE, "fake_control.json")
+    if os.path.isfile(cpath):
+        with open(cpath) as fh:
+            control = json.load(fh)
+    args = _start(script, control)
     per_epoch, n_train, n_reg = read_dataset(args.dataset_config)
     _check_refusals(args, control, script)
-    if args.max_train_epochs:
-        total = per_epoch * args.max_train_epochs
-    else:
-        total = args.max_train_steps
+    total = per_epoch * args.max_train_epochs if args.max_train_epochs else args.max_train_steps
     epochs = math.ceil(total / per_epoch)
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
@@ -267,34 +291,17 @@ def main(script):
     print(f"running training / 学習開始\n  num train images * repeats / 学習画像の数×繰り返し回数: {n_train}\n"
           f"  num reg images / 正則化画像の数: {n_reg}\n  num batches per epoch / 1epochのバッチ数: {per_epoch}\n"
           f"  num epochs / epoch数: {epochs}\n  total optimization steps / 学習ステップ数: {total}", flush=True)
-    epoch_start = saved // per_epoch
-    skip = saved - epoch_start * per_epoch if args.skip_until_initial_step else 0
+    # without --skip_until_initial_step the state only moves the epoch: steps count from 0 to the full total
+    skip = saved - (saved // per_epoch) * per_epoch if args.skip_until_initial_step else 0
     step = saved if args.skip_until_initial_step else 0
     bar = Bar(total - step, control.get("framing", "end"))
-    delay = float(control.get("step_delay", 0.005))
-    for epoch in range(epoch_start, epochs):
+    for epoch in range(saved // per_epoch, epochs):
         print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)
-        for _ in range(per_epoch):
-            if skip:
-                skip -= 1
-                continue
+        batches = per_epoch - skip
+        skip = 0
+        for _ in range(batches):
             step += 1
-            if control.get("fail_at_step") == step:
-                print("Traceback (most recent call last):", file=sys.stderr, flush=True)
-                print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr,
-                      flush=True)
-                sys.exit(1)
-            if control.get("hang_at_step") == step:
-                while True:
-                    time.sleep(0.1)
-            time.sleep(delay)
-            bar.update()                                   # rendered with the previous step's loss
-            if args.save_every_n_steps and step % args.save_every_n_steps == 0:
-                _save(args, out, f"step{step:08d}", epoch + 1, step)
-            bar.set_postfix(avr_loss=fake_loss(step))     # rendered again with this step's loss
-            if control.get("pause_after_step") == step:
-                while True:
-                    time.sleep(0.1)
+            _step(args, control, bar, out, epoch, step)
             if step >= total:
                 break
         if args.save_every_n_epochs and (epoch + 1) % args.save_every_n_epochs == 0 and epoch + 1 < epochs:
