@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import ContinuityError
+from ..faces import head_pose
+from ..arrays import as_float_rgb
 from ..faces.base import Face, as_uint8_rgb
+from ..geometry import resize
 from ..scoring.cache import EmbeddingCache, content_hash
 
 FRAMINGS = ("close-up", "close-up portrait", "portrait", "3/4 shot", "full body")
@@ -153,7 +157,7 @@ class AuditResult:
                 "summary": self.summary, "missing": self.missing}
 
 
-def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=None, embedder=None,  # noqa: C901
+def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=None, embedder=None,
           person_mask_fn=None, options: AuditOptions | None = None, threshold: float | None = None,
           workers: int = 2, progress=None, reference: np.ndarray | None = None) -> AuditResult:
     """Audit a set of images (uint8 or float RGB arrays).
@@ -164,7 +168,26 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
     opt = options or AuditOptions()
     names = list(names or [])
     names += [f"image_{i + 1}" for i in range(len(names), len(images))]
+    analyses = _analyse_all(images, detector, embedder, opt, person_mask_fn, workers, progress)
+    rows = [_image_row(img, name, an, opt) for img, name, an in zip(images, names, analyses)]
+    _mark_duplicates(rows, analyses, opt.duplicate_bits)
+    thr = threshold if threshold is not None else getattr(embedder, "threshold", None)
+    _mark_identity(rows, analyses, thr, reference)
+    coverage, missing = _coverage(rows)
+    summary = _summary(rows, opt, thr, against="references" if reference is not None else "set")
+    n = len(rows)
+    if n < opt.min_count:
+        missing.insert(0, f"only {n} images (guideline: at least {opt.min_count})")
+    if summary["square"] < n:
+        missing.append(f"{n - summary['square']} images not square")
+    if summary["resolution_ok"] < n:
+        missing.append(f"{n - summary['resolution_ok']} images below {opt.min_side}px")
+    return AuditResult(images=rows, coverage=coverage, summary=summary, missing=missing)
 
+
+def _analyse_all(images, detector, embedder, opt: AuditOptions, person_mask_fn, workers: int,
+                 progress) -> list[_Analysis]:
+    """Every image analysed once (faces, person mask, embedding, hash), ``workers`` at a time."""
     def one(i):
         r = _analyse(images[i], detector, embedder, opt, person_mask_fn)
         if progress is not None:
@@ -173,104 +196,119 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
 
     if workers > 1 and len(images) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            analyses = list(pool.map(one, range(len(images))))
-    else:
-        analyses = [one(i) for i in range(len(images))]
+            return list(pool.map(one, range(len(images))))
+    return [one(i) for i in range(len(images))]
 
-    rows: list[ImageAudit] = []
-    for img, name, an in zip(images, names, analyses):
-        h, w = np.asarray(img).shape[:2]
-        row = ImageAudit(name=name, width=int(w), height=int(h), square=(w == h),
-                         resolution_ok=min(w, h) >= opt.min_side, faces=len(an.faces))
-        if not row.square:
-            row.issues.append(f"not square ({w}x{h})")
-        if not row.resolution_ok:
-            row.issues.append(f"below {opt.min_side}px ({min(w, h)}px)")
-        if not an.faces:
-            row.issues.append("no face found")
-        else:
-            f: Face = an.faces[0]
-            inv = 1.0 / an.scale
-            row.face_box = tuple(round(v * inv, 1) for v in f.box)
-            if len(an.faces) > 1:
-                row.issues.append(f"{len(an.faces)} faces")
-            row.extent = round(visible_extent(f.box, round(h * an.scale), an.mask), 2)
-            row.framing = framing_class(row.extent)
-            row.scale = SCALES[row.framing]
-            from ..faces import head_pose
-            if f.landmarks5 is not None or f.mesh is not None:
-                yaw, pitch, _ = head_pose(f)
-                row.yaw, row.pitch = round(yaw, 1), round(pitch, 1)
-                row.pose = pose_class(yaw, pitch, opt.yaw_threshold, opt.pitch_threshold)
-        rows.append(row)
 
-    # near-duplicates
+def _image_row(img, name: str, an: _Analysis, opt: AuditOptions) -> ImageAudit:
+    """One image's row: size checks, then framing and pose from its first (largest) face."""
+    h, w = np.asarray(img).shape[:2]
+    row = ImageAudit(name=name, width=int(w), height=int(h), square=(w == h),
+                     resolution_ok=min(w, h) >= opt.min_side, faces=len(an.faces))
+    if not row.square:
+        row.issues.append(f"not square ({w}x{h})")
+    if not row.resolution_ok:
+        row.issues.append(f"below {opt.min_side}px ({min(w, h)}px)")
+    if not an.faces:
+        row.issues.append("no face found")
+        return row
+    f: Face = an.faces[0]
+    inv = 1.0 / an.scale
+    row.face_box = tuple(round(v * inv, 1) for v in f.box)
+    if len(an.faces) > 1:
+        row.issues.append(f"{len(an.faces)} faces")
+    row.extent = round(visible_extent(f.box, round(h * an.scale), an.mask), 2)
+    row.framing = framing_class(row.extent)
+    row.scale = SCALES[row.framing]
+    if f.landmarks5 is not None or f.mesh is not None:
+        yaw, pitch, _ = head_pose(f)
+        row.yaw, row.pitch = round(yaw, 1), round(pitch, 1)
+        row.pose = pose_class(yaw, pitch, opt.yaw_threshold, opt.pitch_threshold)
+    return row
+
+
+def _mark_duplicates(rows: list[ImageAudit], analyses: list[_Analysis], max_bits: int) -> None:
+    """Pairs whose difference hashes are within ``max_bits`` name each other as near-duplicates."""
     for i in range(len(rows)):
         for j in range(i + 1, len(rows)):
-            if hamming(analyses[i].dhash, analyses[j].dhash) <= opt.duplicate_bits:
+            if hamming(analyses[i].dhash, analyses[j].dhash) <= max_bits:
                 rows[i].duplicate_of.append(rows[j].name)
                 rows[j].duplicate_of.append(rows[i].name)
     for r in rows:
         if r.duplicate_of:
             r.issues.append("near-duplicate of " + ", ".join(r.duplicate_of))
 
-    # identity: leave-one-out mean
-    embs = [(i, a.embedding) for i, a in enumerate(analyses) if a.embedding is not None]
-    thr = threshold if threshold is not None else getattr(embedder, "threshold", None)
-    if reference is not None and embs:
-        ref = np.asarray(reference, np.float32).reshape(-1)
-        ref = ref / max(float(np.linalg.norm(ref)), 1e-9)
-        for i, e in embs:
-            if e.shape[-1] != ref.shape[0]:
-                raise ValueError(f"the reference embedding has {ref.shape[0]} dimensions, the images' {e.shape[-1]}")
-            sim = float(e @ ref / max(float(np.linalg.norm(e)), 1e-9))
-            rows[i].identity = round(sim, 4)
-            if thr is not None and sim < thr:
-                rows[i].identity_outlier = True
-                rows[i].issues.append(f"identity outlier ({sim:.3f} < {thr:.3f} to the references)")
-    elif len(embs) >= 2:
-        mat = np.stack([e for _, e in embs])
-        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
-        total = mat.sum(axis=0)
-        for k, (i, _e) in enumerate(embs):
-            mean = total - mat[k]
-            mean = mean / max(np.linalg.norm(mean), 1e-9)
-            sim = float(mat[k] @ mean)
-            rows[i].identity = round(sim, 4)
-            if thr is not None and sim < thr:
-                rows[i].identity_outlier = True
-                rows[i].issues.append(f"identity outlier ({sim:.3f} < {thr:.3f})")
 
+def _mark_identity(rows: list[ImageAudit], analyses: list[_Analysis], thr: float | None,
+                   reference: np.ndarray | None) -> None:
+    """Each embedded image's similarity, to ``reference`` when given, else to the leave-one-out mean
+    of the others; below ``thr`` it is an identity outlier."""
+    embs = [(i, a.embedding) for i, a in enumerate(analyses) if a.embedding is not None]
+    if reference is not None:
+        sims = _similarity_to_reference(embs, reference)
+        against = " to the references"
+    else:
+        sims = _similarity_leave_one_out(embs)
+        against = ""
+    for i, sim in sims:
+        rows[i].identity = round(sim, 4)
+        if thr is not None and sim < thr:
+            rows[i].identity_outlier = True
+            rows[i].issues.append(f"identity outlier ({sim:.3f} < {thr:.3f}{against})")
+
+
+def _similarity_to_reference(embs: list[tuple[int, np.ndarray]], reference: np.ndarray) -> list[tuple[int, float]]:
+    ref = np.asarray(reference, np.float32).reshape(-1)
+    ref = ref / max(float(np.linalg.norm(ref)), 1e-9)
+    out = []
+    for i, e in embs:
+        if e.shape[-1] != ref.shape[0]:
+            raise ContinuityError(f"the reference embedding has {ref.shape[0]} dimensions, the images' "
+                                  f"{e.shape[-1]}: use the identity model the references were embedded with",
+                                  input="character")
+        out.append((i, float(e @ ref / max(float(np.linalg.norm(e)), 1e-9))))
+    return out
+
+
+def _similarity_leave_one_out(embs: list[tuple[int, np.ndarray]]) -> list[tuple[int, float]]:
+    if len(embs) < 2:
+        return []
+    mat = np.stack([e for _, e in embs])
+    mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
+    total = mat.sum(axis=0)
+    out = []
+    for k, (i, _e) in enumerate(embs):
+        mean = total - mat[k]
+        mean = mean / max(np.linalg.norm(mean), 1e-9)
+        out.append((i, float(mat[k] @ mean)))
+    return out
+
+
+def _coverage(rows: list[ImageAudit]) -> tuple[dict, list[str]]:
+    """Images per framing and pose, and what the guidelines miss (a framing, a close-up pose)."""
     coverage = {fr: {p: 0 for p in POSES} for fr in FRAMINGS}
     for r in rows:
         if r.framing in coverage and r.pose in POSES:
             coverage[r.framing][r.pose] += 1
-    missing = []
-    for fr in FRAMINGS:
-        if not any(coverage[fr].values()):
-            missing.append(f"no {fr} image")
+    missing = [f"no {fr} image" for fr in FRAMINGS if not any(coverage[fr].values())]
     close = coverage["close-up"]
-    for p in POSES:
-        if close[p] == 0 and coverage["close-up portrait"][p] == 0:
-            missing.append(f"no close-up with head {p}")
+    missing += [f"no close-up with head {p}" for p in POSES
+                if close[p] == 0 and coverage["close-up portrait"][p] == 0]
+    return coverage, missing
+
+
+def _summary(rows: list[ImageAudit], opt: AuditOptions, thr: float | None, *, against: str) -> dict[str, Any]:
     n = len(rows)
-    summary: dict[str, Any] = {
+    return {
         "count": n, "count_ok": n >= opt.min_count, "min_count": opt.min_count,
         "square": sum(r.square for r in rows), "resolution_ok": sum(r.resolution_ok for r in rows),
         "no_face": sum(r.faces == 0 for r in rows),
         "duplicates": sum(bool(r.duplicate_of) for r in rows),
         "identity_outliers": sum(r.identity_outlier for r in rows),
         "identity_threshold": thr,
-        "identity_against": "references" if reference is not None else "set",
+        "identity_against": against,
         "scales": {s: sum(r.scale == s for r in rows) for s in ("close", "medium", "long")},
     }
-    if n < opt.min_count:
-        missing.insert(0, f"only {n} images (guideline: at least {opt.min_count})")
-    if summary["square"] < n:
-        missing.append(f"{n - summary['square']} images not square")
-    if summary["resolution_ok"] < n:
-        missing.append(f"{n - summary['resolution_ok']} images below {opt.min_side}px")
-    return AuditResult(images=rows, coverage=coverage, summary=summary, missing=missing)
 
 
 # ---------------------------------------------------------------- reports
@@ -322,6 +360,16 @@ def coverage_image(result: AuditResult, cell: int = 96) -> np.ndarray:
     return np.asarray(im, np.float32) / 255.0
 
 
+def _thumbnail(img, box: int) -> np.ndarray:
+    """``img`` shrunk (never enlarged) to fit a ``box`` square, with the pack's one resampling."""
+    rgb = as_float_rgb(img)
+    h, w = rgb.shape[:2]
+    s = box / max(h, w)
+    if s >= 1.0:
+        return rgb
+    return resize(rgb, max(1, round(h * s)), max(1, round(w * s)))
+
+
 def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 192, columns: int = 0) -> np.ndarray:
     """Thumbnails with their labels; red frame on images with issues."""
     n = len(images)
@@ -335,8 +383,7 @@ def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 19
     d = ImageDraw.Draw(sheet)
     f = _font(max(9, thumb // 16))
     for k, (img, r) in enumerate(zip(images, result.images)):
-        t = Image.fromarray(as_uint8_rgb(img))
-        t.thumbnail((thumb - 6, thumb - 6), Image.Resampling.LANCZOS)
+        t = Image.fromarray(as_uint8_rgb(_thumbnail(img, thumb - 6)))
         x = (k % cols) * thumb
         y = (k // cols) * (thumb + label_h)
         sheet.paste(t, (x + (thumb - t.width) // 2, y + (thumb - t.height) // 2))

@@ -42,11 +42,8 @@ def _torch():
     return torch
 
 
-def build_bisenet(num_class: int = 19):  # noqa: C901
-    """facexlib's BiSeNet, same structure and parameter names."""
-    torch = _torch()
-    nn: Any = torch.nn  # imported on first use: the classes below are built at run time
-    F = torch.nn.functional
+def _resnet18_class(nn: Any, F: Any):
+    """facexlib's ResNet-18 backbone (the BiSeNet context path's), as a class of ``nn``."""
 
     def conv3x3(i, o, stride=1):
         return nn.Conv2d(i, o, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -90,6 +87,12 @@ def build_bisenet(num_class: int = 19):  # noqa: C901
             f16 = self.layer3(f8)
             return f8, f16, self.layer4(f16)
 
+    return ResNet18
+
+
+def _bisenet_blocks(torch: Any, nn: Any, F: Any):
+    """facexlib's BiSeNet building blocks: (ConvBNReLU, BiSeNetOutput, AttentionRefinementModule,
+    FeatureFusionModule)."""
     class ConvBNReLU(nn.Module):
         def __init__(self, i, o, ks=3, stride=1, padding=1):
             super().__init__()
@@ -122,6 +125,31 @@ def build_bisenet(num_class: int = 19):  # noqa: C901
             a = self.sigmoid_atten(self.bn_atten(self.conv_atten(F.avg_pool2d(feat, feat.size()[2:]))))
             return feat * a
 
+    class FeatureFusionModule(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.convblk = ConvBNReLU(i, o, ks=1, padding=0)
+            self.conv1 = nn.Conv2d(o, o // 4, kernel_size=1, bias=False)
+            self.conv2 = nn.Conv2d(o // 4, o, kernel_size=1, bias=False)
+            self.relu = nn.ReLU(inplace=True)
+            self.sigmoid = nn.Sigmoid()
+
+        def forward(self, fsp, fcp):
+            feat = self.convblk(torch.cat([fsp, fcp], dim=1))
+            a = self.sigmoid(self.conv2(self.relu(self.conv1(F.avg_pool2d(feat, feat.size()[2:])))))
+            return feat * a + feat
+
+    return ConvBNReLU, BiSeNetOutput, AttentionRefinementModule, FeatureFusionModule
+
+
+def build_bisenet(num_class: int = 19):
+    """facexlib's BiSeNet, same structure and parameter names."""
+    torch = _torch()
+    nn: Any = torch.nn  # imported on first use: the classes are built at run time
+    F = torch.nn.functional
+    ResNet18 = _resnet18_class(nn, F)
+    ConvBNReLU, BiSeNetOutput, AttentionRefinementModule, FeatureFusionModule = _bisenet_blocks(torch, nn, F)
+
     class ContextPath(nn.Module):
         def __init__(self):
             super().__init__()
@@ -139,20 +167,6 @@ def build_bisenet(num_class: int = 19):  # noqa: C901
             f32_up = self.conv_head32(F.interpolate(self.arm32(f32) + avg_up, f16.size()[2:], mode="nearest"))
             f16_up = self.conv_head16(F.interpolate(self.arm16(f16) + f32_up, f8.size()[2:], mode="nearest"))
             return f8, f16_up, f32_up
-
-    class FeatureFusionModule(nn.Module):
-        def __init__(self, i, o):
-            super().__init__()
-            self.convblk = ConvBNReLU(i, o, ks=1, padding=0)
-            self.conv1 = nn.Conv2d(o, o // 4, kernel_size=1, bias=False)
-            self.conv2 = nn.Conv2d(o // 4, o, kernel_size=1, bias=False)
-            self.relu = nn.ReLU(inplace=True)
-            self.sigmoid = nn.Sigmoid()
-
-        def forward(self, fsp, fcp):
-            feat = self.convblk(torch.cat([fsp, fcp], dim=1))
-            a = self.sigmoid(self.conv2(self.relu(self.conv1(F.avg_pool2d(feat, feat.size()[2:])))))
-            return feat * a + feat
 
     class BiSeNet(nn.Module):
         def __init__(self, num_class):
