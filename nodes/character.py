@@ -974,7 +974,7 @@ class CharacterTrainingPlan(io.ComfyNode):
                                   input="training_preset")
         sd = training.load_sd_scripts(folder_paths.get_user_directory(), script=preset.script)
         loras_root = folder_paths.get_folder_paths("loras")[0]
-        jobs_root = os.path.join(_common.output_dir(), "continuity_training")   # as the Train LoRA node
+        jobs_root = os.path.join(_common.output_dir(), "continuity", "training")   # as the Train LoRA node
         model_roots = [_common.models_dir(), *folder_paths.get_folder_paths("checkpoints")]
         pbar = comfy.utils.ProgressBar(len(the_plan.stages) * 100)
         state = {"stage": 0}

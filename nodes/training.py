@@ -18,7 +18,6 @@ import folder_paths
 
 from ..continuity import training
 from ..continuity.errors import ContinuityError
-from ..continuity.imageio import load_image
 from ..continuity.paths import confine
 from . import _common
 from ._types import CATEGORY, Character, Dataset, TrainJob
@@ -34,7 +33,7 @@ _NODE_OF_JOB: dict[str, tuple] = {}   # job id -> (node id, websocket client id)
 
 # ----------------------------------------------------------------------------- folders and messages
 def jobs_root() -> str:
-    return os.path.join(_common.output_dir(), "continuity_training")
+    return os.path.join(_common.output_dir(), "continuity", "training")
 
 
 def loras_root() -> str:
@@ -155,27 +154,16 @@ def _log_folder(job) -> str:
 
 
 def _dataset_items(dataset) -> tuple[list, list, list]:
-    """Images, 'train here' masks and captions of a dataset version (from Save/Load Dataset Version)."""
-    path = dataset.get("path") if isinstance(dataset, dict) else getattr(dataset, "path", None)
-    manifest = dataset.get("manifest") if isinstance(dataset, dict) else getattr(dataset, "manifest", None)
-    if not path or not isinstance(manifest, dict):
-        raise ContinuityError("not a dataset version (connect Save or Load Dataset Version)", input="dataset")
-    path = confine(path, _common.allowed_roots("input", "output", "models"), input="dataset", kind="dir")
-    images, masks, caps = [], [], []
-    for rec in manifest.get("items", []):
-        rgb, lmask = load_image(confine(os.path.join(path, rec["file"]), [path], input="dataset", kind="file"))
-        images.append(rgb)
-        if rec.get("mask_file"):
-            m, _ = load_image(confine(os.path.join(path, rec["mask_file"]), [path], input="dataset", kind="file"))
-            masks.append(m[..., 0])
-        elif lmask.max() > 0:
-            masks.append(1.0 - lmask)   # an RGBA file: alpha marks the character
-        else:
-            masks.append(np.ones(rgb.shape[:2], np.float32))
-        caps.append(rec.get("caption", ""))
-    if not images:
+    """Images, 'train here' masks and captions of a dataset version, read again through the store
+    (the socket value only names the version; its path and manifest are never trusted as given)."""
+    from ..continuity.dataset import versions as vs
+    root = os.path.join(_common.output_dir(), "continuity", "datasets")
+    items = vs.read_items(vs.from_value(root, dataset, input="dataset"), input="dataset")
+    if not items:
         raise ContinuityError("the dataset version holds no images", input="dataset")
-    return images, masks, caps
+    images = [it.rgb for it in items]
+    masks = [it.mask if it.mask is not None else np.ones(it.rgb.shape[:2], np.float32) for it in items]
+    return images, masks, [it.caption for it in items]
 
 
 def _configure_core() -> None:
@@ -203,7 +191,7 @@ class TrainLoRA(io.ComfyNode):
             description=(
                 "Trains a LoRA with kohya-ss sd-scripts (v0.10.1, installed separately; see docs/training.md) from "
                 "images, masks and captions or a dataset version. Writes a new job folder under "
-                "output/continuity_training/<job>, runs sd-scripts in its own process (ComfyUI's models are unloaded "
+                "output/continuity/training/<job>, runs sd-scripts in its own process (ComfyUI's models are unloaded "
                 "first), shows step, loss and ETA, stops on Cancel, and puts the LoRA in models/loras/<job>/. "
                 "'background' returns at once; follow it with Training Status."),
             is_input_list=True,

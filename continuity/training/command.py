@@ -140,6 +140,8 @@ def check_text(text: str, *, input: str, max_len: int = 300) -> str:
         raise ContinuityError(f"longer than {max_len} characters", input=input)
     if any(ord(c) < 32 or ord(c) == 127 for c in t):
         raise ContinuityError("must be a single line without control characters", input=input)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in t):
+        raise ContinuityError("holds an invalid character (a lone surrogate)", input=input)
     return t
 
 

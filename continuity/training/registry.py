@@ -66,6 +66,8 @@ class JobStatus:
                 if self.losses and self.losses[-1][0] == ev.step:
                     self.losses[-1][1] = ev.loss
                 else:
+                    while self.losses and self.losses[-1][0] > ev.step:   # resumed from an earlier state
+                        self.losses.pop()
                     self.losses.append([ev.step, ev.loss])
                     if len(self.losses) > MAX_POINTS:  # keep the curve's shape, halve its points
                         self.losses = self.losses[::2]

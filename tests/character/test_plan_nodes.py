@@ -249,7 +249,7 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     # the earlier versions are still as they were
     assert _files(ds_dir) == before and _files(v) == new_files
     # stage 2's job trained on the old images and the kept ones
-    toml = open(os.path.join(comfy.base, "output", "continuity_training", s2b["job"], "dataset.toml")).read()
+    toml = open(os.path.join(comfy.base, "output", "continuity", "training", s2b["job"], "dataset.toml")).read()
     img_dir = toml.split('image_dir = "')[1].split('"')[0]
     assert len([f for f in os.listdir(img_dir) if f.endswith(".png")]) == 3 + sum(expected)
 
@@ -273,7 +273,7 @@ def test_train_lora_takes_a_character(comfy, fake_sd):
         "4": {"class_type": "ContinuityRecordCharacterResult",
               "inputs": {"character": ["1", 0], "train_job": ["3", 0], "stage": "1"}},
     })
-    job_dir = comfy.base / "output" / "continuity_training" / "xan_char_job"
+    job_dir = comfy.base / "output" / "continuity" / "training" / "xan_char_job"
     captions = sorted(p.read_text() for p in job_dir.rglob("*.txt"))
     assert captions and all(c.startswith("zx9 man") for c in captions), captions
     assert res.value("4", 0).latest_lora()["name"] == "xan_char_job/xan_char_job.safetensors"

@@ -76,7 +76,7 @@ def test_train_node_wait_mode_progress_websocket_and_lora(comfy, env):
     assert lora_name in folder_paths.get_filename_list("loras")  # LoraLoader can pick it
     assert job["state"] == "finished" and (comfy.base / "output" / logs).is_dir() and not Path(logs).is_absolute()
     # masks: LoadImage's MASK (1 - alpha) turned back into alpha = the opaque character
-    png = comfy.base / "output" / "continuity_training" / "node_job" / "img" / "0001.png"
+    png = comfy.base / "output" / "continuity" / "training" / "node_job" / "img" / "0001.png"
     a = np.asarray(Image.open(png))[..., 3]
     assert a[30, 30] == 255 and a[2, 2] == 0
     assert (png.parent / "0001.txt").read_text().strip() == "ohwx woman, pose 1"
@@ -94,7 +94,7 @@ def test_train_node_wait_mode_progress_websocket_and_lora(comfy, env):
     # wait mode writes status.json too
     from importlib import import_module
     mod = import_module(comfy.pack_module.__name__ + ".continuity.training")
-    st = mod.read_status_file(str(comfy.base / "output" / "continuity_training" / "node_job"))
+    st = mod.read_status_file(str(comfy.base / "output" / "continuity" / "training" / "node_job"))
     assert st["state"] == "finished" and st["step"] == st["total"] == 6 and st["mode"] == "wait"
     argv = _fake_trainer.invocations(sd_root)[-1]["argv"]
     assert argv[argv.index("--max_train_epochs") + 1] == "2"
@@ -118,7 +118,7 @@ def test_interrupt_stops_process_group_and_resume(comfy, env):
     def interrupt_when_hanging():
         for _ in range(200):
             inv = _fake_trainer.invocations(sd_root)
-            state = comfy.base / "output" / "continuity_training" / "int_job" / "out" / "int_job-000001-state"
+            state = comfy.base / "output" / "continuity" / "training" / "int_job" / "out" / "int_job-000001-state"
             if inv and state.is_dir():
                 time.sleep(0.3)
                 mm.interrupt_current_processing(True)
