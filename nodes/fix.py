@@ -107,10 +107,11 @@ def _check_sizes(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
-                     denoise_1=0.75, denoise_2=0.40, model_2=None):
+                     denoise_1=0.75, denoise_2=0.40, model_2=None, before_pass_2=None):
     """Pass 1: masked inpaint (noise mask; inpaint conditioning for inpaint models). Pass 2: the
     whole crop re-sampled without the mask at ``denoise_2``. Decode and composite into ``image``
-    with ``mask``. Returns (IMAGE (B, H, W, 3), LATENT dict)."""
+    with ``mask``. ``before_pass_2(latent) -> latent``, when given, may change pass 2's input
+    (the video fix blends it toward the previous frame's result). Returns (IMAGE (B, H, W, 3), LATENT dict)."""
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler's own sampling code)
 
     image, mask = _check_sizes(image, mask)
@@ -128,6 +129,8 @@ def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, c
         latent = {"samples": vae.encode(image)}
     comfy.model_management.throw_exception_if_processing_interrupted()
     latent = {k: v for k, v in latent.items() if k != "noise_mask"}
+    if before_pass_2 is not None:
+        latent = before_pass_2(latent)
     if denoise_2 > 0:
         latent = comfy_nodes.common_ksampler(model_2 if model_2 is not None else model, seed, steps, cfg,
                                              sampler_name, scheduler, positive, negative, latent,

@@ -160,18 +160,26 @@ def _shifted(m: np.ndarray, src: geometry.CropBox, dst: geometry.CropBox) -> np.
     return out
 
 
+def crop_frame(frame, tc: TrackCrop, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k-th crop of the track, (T, T, C) Lanczos, and its mask (T, T) (antialiased triangle)."""
+    box = tc.boxes[k]
+    side = box.side
+    whole = geometry.CropBox(x0=0, y0=0, side=side, target=box.target, height=side, width=side)
+    crop = geometry.crop_resized(_float(frame), box, "lanczos")
+    mask = (geometry.crop_resized(tc.masks[k], whole, "triangle") if tc.masks[k].any()
+            else np.zeros((box.target, box.target), np.float32))
+    return crop, mask
+
+
 def crop_sequence(frames, tc: TrackCrop) -> tuple[np.ndarray, np.ndarray]:
     """(N, T, T, C) crops (Lanczos) and (N, T, T) masks (antialiased triangle) of the track."""
-    first = np.asarray(frames[tc.frames[0]])
+    first = np.asarray(_float(frames[tc.frames[0]]))
     c = first.shape[-1] if first.ndim == 3 else 1
     t = tc.boxes[0].target
     crops = np.empty((len(tc), t, t, c), np.float32)
     masks = np.empty((len(tc), t, t), np.float32)
-    side = tc.boxes[0].side
-    whole = geometry.CropBox(x0=0, y0=0, side=side, target=t, height=side, width=side)
     for k, f in enumerate(tc.frames):
-        crops[k] = geometry.crop_resized(_float(frames[f]), tc.boxes[k], "lanczos")
-        masks[k] = geometry.crop_resized(tc.masks[k], whole, "triangle") if tc.masks[k].any() else 0.0
+        crops[k], masks[k] = crop_frame(frames[f], tc, k)
     return crops, masks
 
 
@@ -182,11 +190,33 @@ def _float(frame) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
+def paste_frame(frame: np.ndarray, tc: TrackCrop, k: int, crop, *, feather_percent: float = 4.5,
+                colour_match: bool = False) -> np.ndarray:
+    """The frame (H, W, C) float32 with the k-th (edited) crop pasted in: only the change made to the
+    crop is pasted, blended inside the mask; outside it the frame is returned bit for bit."""
+    frame = _float(frame)
+    if not tc.masks[k].any():
+        return frame
+    box = tc.boxes[k]
+    t = box.target
+    new = np.asarray(crop.detach().cpu().numpy() if hasattr(crop, "detach") else crop, np.float32)
+    if new.ndim == 2:
+        new = new[..., None]
+    if new.shape[:2] != (t, t):
+        new = geometry.resize(new, t, t)
+    ref = geometry.crop_resized(frame, box, "lanczos")
+    ch = min(frame.shape[-1], new.shape[-1])
+    record = geometry.StitchRecord(boxes=[box], originals=frame[None], masks=tc.full_mask(k)[None],
+                                   crops=ref[None, ..., :ch])
+    return geometry.paste_back(record, new[None, ..., :ch], feather_percent=feather_percent,
+                               colour_match=colour_match)[0]
+
+
 def paste_sequence(frames, tc: TrackCrop, crops, *, feather_percent: float = 4.5, colour_match: bool = False,
                    out: np.ndarray | None = None, check_interrupt: Callable | None = None) -> np.ndarray:
     """Paste a track's (edited) crop sequence back into its frames; returns all frames (N_all, H, W, C)
     float32 (``out``, changed in place, when given). Outside the masks every pixel is the original."""
-    c = np.asarray(crops.detach().cpu().numpy() if hasattr(crops, "detach") else crops, np.float32)
+    c = crops.detach().cpu().numpy() if hasattr(crops, "detach") else np.asarray(crops)
     if c.ndim == 3:
         c = c[..., None]
     if c.shape[0] != len(tc):
@@ -194,21 +224,9 @@ def paste_sequence(frames, tc: TrackCrop, crops, *, feather_percent: float = 4.5
                               "from the same Track Crop Sequence", input="crops")
     if out is None:
         out = np.stack([_float(f) for f in frames]).astype(np.float32)
-    t = tc.boxes[0].target
     for k, f in enumerate(tc.frames):
         if check_interrupt is not None:
             check_interrupt()
-        if not tc.masks[k].any():
-            continue
-        frame = out[f]
-        box = tc.boxes[k]
-        ref = geometry.crop_resized(frame, box, "lanczos")
-        new = c[k]
-        if new.shape[:2] != (t, t):
-            new = geometry.resize(new, t, t)
-        ch = min(frame.shape[-1], new.shape[-1])
-        record = geometry.StitchRecord(boxes=[box], originals=frame[None], masks=tc.full_mask(k)[None],
-                                       crops=ref[None, ..., :ch])
-        out[f] = geometry.paste_back(record, new[None, ..., :ch], feather_percent=feather_percent,
-                                     colour_match=colour_match)[0]
+        if tc.masks[k].any():
+            out[f] = paste_frame(out[f], tc, k, c[k], feather_percent=feather_percent, colour_match=colour_match)
     return out

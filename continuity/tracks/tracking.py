@@ -97,6 +97,7 @@ class TrackSet:
     members: list[str] = field(default_factory=list)
     dropped: int = 0                       # tracks shorter than min_frames, ignored
     notes: list[str] = field(default_factory=list)
+    crops: dict = field(default_factory=dict)   # track id -> TrackCrop, once a fix has cut them
 
     def __repr__(self) -> str:
         return f"TrackSet({len(self.tracks)} tracks, {self.n_frames} frames, cuts {self.cuts})"
