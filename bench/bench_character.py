@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
+# the store signs what the pack writes: a throwaway key for this run, never the user's
+os.environ.setdefault("CONTINUITY_KEY_DIR", tempfile.mkdtemp(prefix="continuity-bench-keys-"))
+
 from continuity import character as charlib
 from continuity.character import growth, plan as planlib
 

@@ -12,6 +12,7 @@ Numbers are wall-clock on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +24,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# the store signs what the pack writes: a throwaway key for this run, never the user's
+os.environ.setdefault("CONTINUITY_KEY_DIR", tempfile.mkdtemp(prefix="continuity-bench-keys-"))
 FACES = REPO / "assets" / "faces"
 
 

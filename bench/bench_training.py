@@ -14,6 +14,9 @@ import numpy as np
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from continuity.training import build_command, create_job, load_preset
 
+# the store signs what the pack writes: a throwaway key for this run, never the user's
+os.environ.setdefault("CONTINUITY_KEY_DIR", tempfile.mkdtemp(prefix="continuity-bench-keys-"))
+
 
 def main():
     ap = argparse.ArgumentParser()
