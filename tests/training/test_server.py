@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "support" / "fake_sdscripts"))
-import _fake_trainer  # noqa: E402
+import _fake_trainer
 
 pytestmark = pytest.mark.server
 
