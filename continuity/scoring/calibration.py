@@ -7,6 +7,8 @@ import os
 import numpy as np
 from scipy.stats import rankdata
 
+from ..errors import ContinuityError
+
 
 def roc_auc(scores, labels) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
@@ -14,7 +16,7 @@ def roc_auc(scores, labels) -> float:
     y = np.asarray(labels, bool)
     pos, neg = int(y.sum()), int((~y).sum())
     if pos == 0 or neg == 0:
-        raise ValueError("ROC AUC needs both positive and negative pairs")
+        raise ContinuityError("ROC AUC needs both same-person and different-person pairs", input="pairs")
     ranks = rankdata(s)
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
