@@ -59,15 +59,75 @@ def user_errors(node_cls, default_input: str | None = None):
         raise node_error(node_cls, exc.input or default_input, exc.message) from exc
 
 
+#: the longest text any input takes at execution (a linked report or scores JSON included); widgets
+#: that hold names, notes or captions have their own, smaller limits
+MAX_INPUT_TEXT = 2_000_000
+
+
+def check_texts(values: dict) -> None:
+    """Every text value (or list of texts) in ``values`` is valid text: no lone surrogates, no control
+    characters but line breaks and tabs, at most :data:`MAX_INPUT_TEXT` characters."""
+    for name, value in values.items():
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, str):
+                store.check_text(v, input=name, max_len=MAX_INPUT_TEXT)
+
+
 def reports_errors(default_input: str | None = None):
-    """Decorator for ``execute``: core errors come out naming the node and the input."""
+    """Decorator for ``execute``: every text input is checked first (:func:`check_texts`), and core
+    errors come out naming the node and the input."""
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(cls, *args, **kwargs):
             with user_errors(cls, default_input):
+                check_texts(kwargs)
                 return fn(cls, *args, **kwargs)
         return wrapper
     return deco
+
+
+def _declared_input(cls, name: str):
+    for inp in cls.define_schema().inputs or []:
+        if inp.id == name:
+            return inp
+    return None
+
+
+def declared_problem(cls, name: str, value) -> str | None:
+    """Why ``value`` is outside what input ``name`` declares (min/max, combo options), or None.
+
+    ComfyUI skips its own checks for every input that ``validate_inputs`` names, so a validate_inputs
+    that names a number or a combo calls this first.
+    """
+    inp = _declared_input(cls, name)
+    if inp is None or value is None:
+        return None
+    for v in (value if isinstance(value, list) else [value]):
+        options = getattr(inp, "options", None)
+        if options is not None and v not in options:
+            return f"{store.shown(v)} is not one of the choices"
+        lo, hi = getattr(inp, "min", None), getattr(inp, "max", None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo:
+                return f"{v} is smaller than the minimum {lo}"
+            if hi is not None and v > hi:
+                return f"{v} is larger than the maximum {hi}"
+    return None
+
+
+def validation_error(cls, checks: dict) -> str | bool:
+    """For ``validate_inputs``: ``checks`` maps each named input to its value; each value is checked
+    against its declaration (:func:`declared_problem`) and, for text, :func:`check_texts`. Returns
+    True or the message naming the node and the first bad input."""
+    for name, value in checks.items():
+        problem = declared_problem(cls, name, value)
+        if problem:
+            return str(node_error(cls, name, problem))
+        try:
+            check_texts({name: value})
+        except ContinuityError as exc:
+            return str(node_error(cls, name, exc.message))
+    return True
 
 
 def np_to_image(rgb: np.ndarray) -> torch.Tensor:

@@ -111,7 +111,14 @@ class LoadCharacter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, revision=0, **kwargs):
+    def validate_inputs(cls, name, revision=0):
+        # ``name`` is a combo of the profiles found when the list was built: a profile that a Save
+        # Character earlier in the queue makes is allowed too, so it is checked here as a name
+        bad = _common.validation_error(cls, {"revision": revision})
+        if bad is not True:
+            return bad
+        if not isinstance(name, str):
+            return True
         if name == NO_PROFILES:
             return str(_common.node_error(cls, "name", "there are no character profiles yet: make one with Save Character"))
         try:
@@ -923,7 +930,10 @@ class CharacterTrainingPlan(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, plan, custom_plan="", **kwargs):
+    def validate_inputs(cls, plan, custom_plan=""):
+        bad = _common.validation_error(cls, {"plan": plan, "custom_plan": custom_plan})
+        if bad is not True:
+            return bad
         if plan == "custom":
             from ..continuity.character import plan as planlib
             try:

@@ -180,8 +180,11 @@ class CropForInpaint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target_size, **kwargs):
-        if target_size % 64:
+    def validate_inputs(cls, target_size):
+        bad = _common.validation_error(cls, {"target_size": target_size})
+        if bad is not True:
+            return bad
+        if isinstance(target_size, int) and target_size % 64:
             return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
         return True
 
@@ -399,9 +402,12 @@ class FaceFix(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, regions, target_size, **kwargs):
+    def validate_inputs(cls, regions, target_size):
         from ..continuity.faces import masks as cmasks
-        if target_size % 64:
+        bad = _common.validation_error(cls, {"regions": regions, "target_size": target_size})
+        if bad is not True:
+            return bad
+        if isinstance(target_size, int) and target_size % 64:
             return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
         try:
             if not cmasks.normalise_regions(regions):

@@ -393,9 +393,12 @@ class ConsistencyReport(io.ComfyNode):
         return folder, stem
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None, **kwargs):
+    def validate_inputs(cls, filename_prefix=None):
         if filename_prefix is None:
             return True
+        bad = _common.validation_error(cls, {"filename_prefix": filename_prefix})
+        if bad is not True:
+            return bad
         try:
             cls._target(filename_prefix)
         except ContinuityError as exc:
@@ -568,7 +571,10 @@ class CalibrateIdentityModel(io.ComfyNode):
         return confine(os.path.join(path, name), _common.allowed_roots("input"), input="pairs_file", kind="file")
 
     @classmethod
-    def validate_inputs(cls, folder, pairs_file, **kwargs):
+    def validate_inputs(cls, folder, pairs_file):
+        bad = _common.validation_error(cls, {"folder": folder, "pairs_file": pairs_file})
+        if bad is not True:
+            return bad
         try:
             cls._csv(folder, pairs_file)
         except ContinuityError as exc:

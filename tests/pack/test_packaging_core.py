@@ -87,3 +87,39 @@ def test_every_node_is_documented(comfy):
             assert getattr(out, "tooltip", None), f"{node_id} output '{out.id}' has no tooltip"
             # without a display name the frontend labels the slot with its type ("STRING", "STRING", ...)
             assert getattr(out, "display_name", None), f"{node_id} output '{out.id}' has no display name"
+
+
+def _validate_functions():
+    for path in sorted((REPO / "nodes").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in ("validate_inputs",
+                                                                                            "VALIDATE_INPUTS"):
+                yield path, node
+
+
+def test_no_validate_inputs_takes_kwargs():
+    """ComfyUI skips its own min/max/combo checks for EVERY input of a node whose validate_inputs takes
+    **kwargs, and for each input it names: so none takes **kwargs, and the ones that name numbers or
+    combos check them against their declaration (nodes/_common.validation_error)."""
+    found = list(_validate_functions())
+    assert found, "no validate_inputs found: the scan is broken"
+    for path, fn in found:
+        assert fn.args.kwarg is None, f"{path.name}:{fn.lineno} validate_inputs takes **{fn.args.kwarg.arg}"
+        assert fn.args.vararg is None, f"{path.name}:{fn.lineno} validate_inputs takes *{fn.args.vararg.arg}"
+
+
+@pytest.mark.comfy
+def test_no_loaded_node_validates_with_kwargs(comfy):
+    import inspect
+
+    import nodes
+    from comfy_api.internal import _ComfyNodeInternal, first_real_override
+    ours = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("Continuity")}
+    assert len(ours) > 20
+    for node_id, cls in ours.items():
+        fn = first_real_override(cls, "validate_inputs") if issubclass(cls, _ComfyNodeInternal) else \
+            getattr(cls, "VALIDATE_INPUTS", None)
+        if fn is not None:
+            spec = inspect.getfullargspec(fn)
+            assert spec.varkw is None, f"{node_id}.validate_inputs takes **{spec.varkw}"

@@ -1,0 +1,210 @@
+"""Attacks through ComfyUI's HTTP API only, on a live server: each is refused with a message that names
+the node and the input, nothing outside the base directory is read or written, and the server keeps
+running prompts afterwards.
+
+The attacker's tools are ``POST /upload/image`` (any bytes, any name, into ``input/`` or ``output/``
+with a ``subfolder``, ``overwrite`` included) and ``POST /prompt``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.server
+
+SENTINEL = b"CONTINUITY-SENTINEL-" + uuid.uuid4().hex.encode()
+
+
+# --------------------------------------------------------------------------- helpers
+
+def upload(server, filename: str, data: bytes, *, type_: str = "output", subfolder: str = "", overwrite=True):
+    """POST /upload/image as multipart/form-data: what any client of the server can do."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (("type", type_), ("subfolder", subfolder), ("overwrite", "true" if overwrite else "false")):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    status, raw = server.request("POST", "/upload/image", body,
+                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def png(seed=0, size=(40, 32)) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sentinels(server):
+    """Files outside the base directory: their bytes must never show up inside it or in a response."""
+    outside = server.base.parent / f"outside-{uuid.uuid4().hex[:8]}"
+    outside.mkdir()
+    files = {}
+    for name in ("secret.png", "secret.txt", "passwd"):
+        p = outside / name
+        p.write_bytes(png(99) + SENTINEL if name.endswith(".png") else SENTINEL)
+        files[name] = p
+    before = {p: p.read_bytes() for p in files.values()}
+    yield files
+    for p, data in before.items():
+        assert p.read_bytes() == data, f"{p.name} outside the base directory was changed"
+    assert sorted(x.name for x in outside.iterdir()) == sorted(files), "something was written outside the base"
+    for p in server.base.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size < 50_000_000 and "custom_nodes" not in p.parts:
+            assert SENTINEL not in p.read_bytes(), f"a file outside the base directory was copied into {p}"
+
+
+def refused(server, prompt, node_title: str, input_name: str) -> str:
+    """Queue ``prompt``; it must be refused (HTTP 400 or an execution error) naming the node and input.
+    Returns the message. The server's absolute paths and the sentinel never appear in it."""
+    status, body = server.post_prompt(prompt)
+    if status == 400:
+        text = json.dumps(body)
+    else:
+        assert status == 200, body
+        entry = server.wait_history(body["prompt_id"], 120)
+        assert entry["status"]["status_str"] == "error", "the attack was not refused"
+        msgs = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        text = json.dumps(msgs)
+    assert node_title in text and f"input '{input_name}'" in text, text[:2000]
+    assert str(server.base) not in text, f"the message leaks a server path: {text[:2000]}"
+    assert SENTINEL.decode() not in text
+    return text
+
+
+def still_serves(server):
+    """A harmless prompt still runs to the end (the worker is alive)."""
+    name = f"alive_{uuid.uuid4().hex[:6]}"
+    upload(server, "a.png", png(1), type_="input", subfolder=name)
+    entry = server.run({"1": {"class_type": "ContinuityLoadImageFolder",
+                              "inputs": {"folder": name, "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                                         "caption_extension": ".txt"}},
+                        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}}, 120)
+    assert entry["status"]["status_str"] == "success"
+
+
+def _dataset(server, name: str) -> dict:
+    """A real dataset version saved by the pack (v1), made through the HTTP API."""
+    folder = f"src_{name}"
+    for i in range(2):
+        upload(server, f"img{i}.png", png(i), type_="input", subfolder=folder)
+    server.run({"1": {"class_type": "ContinuityLoadImageFolder",
+                      "inputs": {"folder": folder, "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                                 "caption_extension": ".txt"}},
+                "2": {"class_type": "ContinuitySaveDatasetVersion",
+                      "inputs": {"images": ["1", 0], "name": name, "note": "", "filenames": ["1", 2],
+                                 "captions": ["1", 3], "masks": ["1", 1]}}}, 120)
+    path = server.base / "output" / "continuity" / "datasets" / name / "v1" / "manifest.json"
+    return json.loads(path.read_text())
+
+
+def _load_version(name, version=1):
+    return {"class_type": "ContinuityLoadDatasetVersion", "inputs": {"name": name, "version": version}}
+
+
+# --------------------------------------------------------------------------- ComfyUI's own checks stay on
+
+def _source_for(type_name):
+    """A built-in node giving ``type_name``, so a graph is complete but for the value under test."""
+    return {"IMAGE": ("EmptyImage", {"width": 8, "height": 8, "batch_size": 1, "color": 0}),
+            "MASK": ("SolidMask", {"value": 1.0, "width": 8, "height": 8}),
+            "STRING": ("PrimitiveString", {"value": "x"}),
+            "INT": ("PrimitiveInt", {"value": 1}),
+            "FLOAT": ("PrimitiveFloat", {"value": 0.5})}.get(type_name)
+
+
+def _widget_default(spec):
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+    if isinstance(kind, list):
+        return kind[0] if kind else None
+    if kind == "COMBO":
+        return (opts.get("options") or [None])[0]
+    if kind in ("INT", "FLOAT", "BOOLEAN", "STRING") and "default" in opts:
+        return opts["default"]
+    return {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False, "STRING": ""}.get(kind)
+
+
+def _bad_values(spec):
+    """Out-of-range numbers and an out-of-list combo value for one input, from its /object_info spec."""
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+    if isinstance(kind, list) or kind == "COMBO":
+        yield "value_not_in_list", f"not-an-option-{uuid.uuid4().hex[:6]}"
+    elif kind in ("INT", "FLOAT"):
+        step = 1 if kind == "INT" else 1.0
+        if opts.get("min") is not None:
+            yield "value_smaller_than_min", opts["min"] - step
+        if opts.get("max") is not None and abs(opts["max"]) < 2**53:
+            yield "value_bigger_than_max", opts["max"] + step
+
+
+# Combos whose list is what exists *now* and that accept a name made earlier in the same queue: their own
+# validate_inputs checks the value as a name, and execution refuses a missing one naming the input.
+DYNAMIC_NAME_COMBOS = {("ContinuityLoadCharacter", "name")}
+
+
+def test_every_number_and_combo_is_checked_by_comfyui(server, sentinels):
+    info = server.get("/object_info")
+    ours = {k: v for k, v in info.items() if k.startswith("Continuity") and "Test" not in k}
+    assert len(ours) > 20
+    checked = 0
+    for node_id, node in sorted(ours.items()):
+        inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
+        required = set(node["input"].get("required", {}))
+        base, links = {}, {}
+        for name, spec in inputs.items():
+            default = _widget_default(spec)
+            kind = spec[0] if not isinstance(spec[0], list) else "COMBO"
+            force = len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput")
+            if kind in ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO") and not force and default is not None:
+                base[name] = default
+            elif name in required and _source_for(kind):
+                links[name] = _source_for(kind)
+        for name, spec in inputs.items():
+            if name not in base:
+                continue
+            for err_type, bad in _bad_values(spec):
+                if (node_id, name) in DYNAMIC_NAME_COMBOS:
+                    continue
+                prompt = {"1": {"class_type": node_id, "inputs": dict(base, **{name: bad})}}
+                for i, (lname, (cls, vals)) in enumerate(sorted(links.items())):
+                    prompt[f"s{i}"] = {"class_type": cls, "inputs": vals}
+                    prompt["1"]["inputs"][lname] = [f"s{i}", 0]
+                if not node.get("output_node"):
+                    prompt["sink"] = {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}
+                status, body = server.post_prompt(prompt)
+                assert status == 400, f"{node_id}.{name}={bad!r} was accepted by /prompt"
+                errors = body.get("node_errors", {}).get("1", {}).get("errors", [])
+                ours_err = [e for e in errors if e.get("extra_info", {}).get("input_name") == name
+                            and (e["type"] == err_type or (e["type"] == "custom_validation_failed"
+                                                           and f"input '{name}'" in e.get("details", "")))]
+                assert ours_err, f"{node_id}.{name}={bad!r}: no range/list error for the input: {json.dumps(errors)[:800]}"
+                checked += 1
+    assert checked > 50
+    still_serves(server)
+
+
+def test_dynamic_name_combo_refuses_a_missing_profile_naming_the_input(server, sentinels):
+    refused(server, {"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "nobody_here", "revision": 0}},
+                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
+            "Load Character", "name")
+
+
+def test_crop_target_size_past_its_max_is_400(server, sentinels):
+    status, body = server.post_prompt({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}},
+        "3": {"class_type": "ContinuityCropForInpaint",
+              "inputs": {"image": ["1", 0], "mask": ["2", 0], "context": 1.5, "min_size": 64, "target_size": 16384,
+                         "padding": "edge"}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}})
+    assert status == 400 and "target_size" in json.dumps(body)
