@@ -42,12 +42,35 @@ def allowed_roots(*kinds: str) -> list[str]:
     return [table[k]() for k in kinds]
 
 
+def _named_roots() -> list[tuple[str, str]]:
+    """ComfyUI's folders with the names clients know them by, longest path first."""
+    roots = []
+    for name, getter in (("output", output_dir), ("input", input_dir), ("models", models_dir),
+                         ("temp", folder_paths.get_temp_directory), ("user", folder_paths.get_user_directory),
+                         ("ComfyUI", lambda: folder_paths.base_path)):
+        try:
+            path = getter()
+        except Exception:
+            continue
+        for form in {os.path.abspath(path), os.path.realpath(path)}:
+            roots.append((form.rstrip(os.sep), name))
+    return sorted(roots, key=lambda r: -len(r[0]))
+
+
+def redact_paths(message: str) -> str:
+    """``message`` with the server's absolute folders replaced by the names clients know ('output/...')."""
+    for path, name in _named_roots():
+        if path and path in message:
+            message = message.replace(path + os.sep, name + "/").replace(path, name)
+    return message
+
+
 def node_error(node_cls, input_name: str | None, message: str) -> ValueError:
     """An error whose text names the node and the input, as the user sees them."""
     schema = node_cls.define_schema() if hasattr(node_cls, "define_schema") else None
     name = getattr(schema, "display_name", None) or getattr(schema, "node_id", None) or node_cls.__name__
     where = f"{name}, input '{input_name}'" if input_name else name
-    return ValueError(store.printable(f"[Continuity] {where}: {message}"))
+    return ValueError(store.printable(redact_paths(f"[Continuity] {where}: {message}")))
 
 
 @contextmanager
@@ -118,7 +141,11 @@ def declared_problem(cls, name: str, value) -> str | None:
 def validation_error(cls, checks: dict) -> str | bool:
     """For ``validate_inputs``: ``checks`` maps each named input to its value; each value is checked
     against its declaration (:func:`declared_problem`) and, for text, :func:`check_texts`. Returns
-    True or the message naming the node and the first bad input."""
+    True or the message naming the node and the first bad input.
+
+    Every node with combo inputs names them in its ``validate_inputs`` and calls this: ComfyUI 0.3.x
+    does not check V3 combo values at all (newer versions do, except for inputs a validate_inputs
+    names), so this is what keeps an out-of-list value out on every version."""
     for name, value in checks.items():
         problem = declared_problem(cls, name, value)
         if problem:

@@ -203,6 +203,10 @@ class SaveCharacter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, style):
+        return _common.validation_error(cls, {"style": style})
+
+    @classmethod
     @_common.reports_errors("name")
     def execute(cls, name, trigger_word, class_phrase, style, threshold, notes, character=None, references=None,
                 style_references=None, face_model=None, replace_references=None, model_threshold=None,
@@ -563,6 +567,10 @@ class GrowCharacterLayer(io.ComfyNode):
                 io.String.Output("dataset_path", display_name="dataset_path", tooltip="Folder of the new dataset version."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, from_layer, sampler_name, scheduler):
+        return _common.validation_error(cls, {"from_layer": from_layer, "sampler_name": sampler_name, "scheduler": scheduler})
 
     @classmethod
     @_common.reports_errors("images")
@@ -930,8 +938,8 @@ class CharacterTrainingPlan(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, plan, custom_plan=""):
-        bad = _common.validation_error(cls, {"plan": plan, "custom_plan": custom_plan})
+    def validate_inputs(cls, plan, training_preset, custom_plan=""):
+        bad = _common.validation_error(cls, {"plan": plan, "training_preset": training_preset, "custom_plan": custom_plan})
         if bad is not True:
             return bad
         if plan == "custom":

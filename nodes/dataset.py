@@ -72,7 +72,10 @@ class LoadImageFolder(io.ComfyNode):
         return confine(folder, _common.allowed_roots("input"), input="folder", kind="dir")
 
     @classmethod
-    def validate_inputs(cls, folder, caption_extension):
+    def validate_inputs(cls, folder, caption_extension, mode):
+        bad = _common.validation_error(cls, {"mode": mode})
+        if bad is not True:
+            return bad
         try:
             store.check_line(folder, input="folder", max_len=500)
             cls._resolve(folder)
@@ -241,6 +244,10 @@ class CutCompositeSheet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, method):
+        return _common.validation_error(cls, {"method": method})
+
+    @classmethod
     @_common.reports_errors("sheet")
     def execute(cls, sheet, method, square, size, drop_faceless, face_model=None) -> io.NodeOutput:
         from ..continuity.dataset import sheet as sheetlib
@@ -310,6 +317,10 @@ class SquareAndResize(io.ComfyNode):
                 io.String.Output("warnings", display_name="warnings", tooltip="Upscale warnings, one line per image ('' if none)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, mode):
+        return _common.validation_error(cls, {"mode": mode})
 
     @classmethod
     @_common.reports_errors("images")
@@ -392,6 +403,10 @@ class DatasetAudit(io.ComfyNode):
                 io.String.Output("pose", display_name="pose", is_output_list=True, tooltip="Head pose class of each image."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, identity_model):
+        return _common.validation_error(cls, {"identity_model": identity_model})
 
     @classmethod
     @_common.reports_errors("images")

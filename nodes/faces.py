@@ -75,6 +75,10 @@ class FaceModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, backend, parser, device):
+        return _common.validation_error(cls, {"backend": backend, "parser": parser, "device": device})
+
+    @classmethod
     @_common.reports_errors("backend")
     def execute(cls, backend, parser, embedder, device) -> io.NodeOutput:
         if device == "auto":
@@ -173,6 +177,10 @@ class FaceRegionMask(io.ComfyNode):
                                          "character), and the regions the parser could not give."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, which, grow_unit, if_no_face):
+        return _common.validation_error(cls, {"which": which, "grow_unit": grow_unit, "if_no_face": if_no_face})
 
     @classmethod
     @_common.reports_errors("images")

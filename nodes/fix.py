@@ -180,8 +180,8 @@ class CropForInpaint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target_size):
-        bad = _common.validation_error(cls, {"target_size": target_size})
+    def validate_inputs(cls, target_size, padding):
+        bad = _common.validation_error(cls, {"target_size": target_size, "padding": padding})
         if bad is not True:
             return bad
         if isinstance(target_size, int) and target_size % 64:
@@ -225,6 +225,10 @@ class TwoPassInpaint(io.ComfyNode):
                 io.Latent.Output("latent", display_name="latent", tooltip="The latent after pass 2 (or pass 1)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name, scheduler):
+        return _common.validation_error(cls, {"sampler_name": sampler_name, "scheduler": scheduler})
 
     @classmethod
     @_common.reports_errors("image")
@@ -402,9 +406,10 @@ class FaceFix(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, regions, target_size):
+    def validate_inputs(cls, regions, target_size, which, padding, sampler_name, scheduler):
         from ..continuity.faces import masks as cmasks
-        bad = _common.validation_error(cls, {"regions": regions, "target_size": target_size})
+        bad = _common.validation_error(cls, {"regions": regions, "target_size": target_size, "which": which,
+                                             "padding": padding, "sampler_name": sampler_name, "scheduler": scheduler})
         if bad is not True:
             return bad
         if isinstance(target_size, int) and target_size % 64:

@@ -186,6 +186,10 @@ class FaceSimilarity(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model, face_policy):
+        return _common.validation_error(cls, {"model": model, "face_policy": face_policy})
+
+    @classmethod
     @_common.reports_errors("candidates")
     def execute(cls, candidates, model, face_policy, set_name, references=None, candidate_masks=None,
                 filenames=None, reference_names=None, face_model=None, character=None) -> io.NodeOutput:
@@ -313,6 +317,10 @@ class SelectBySimilarity(io.ComfyNode):
                 io.String.Output("summary", display_name="summary", tooltip="What was kept and why."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, metric):
+        return _common.validation_error(cls, {"metric": metric})
 
     @classmethod
     @_common.reports_errors("scores")
@@ -571,8 +579,8 @@ class CalibrateIdentityModel(io.ComfyNode):
         return confine(os.path.join(path, name), _common.allowed_roots("input"), input="pairs_file", kind="file")
 
     @classmethod
-    def validate_inputs(cls, folder, pairs_file):
-        bad = _common.validation_error(cls, {"folder": folder, "pairs_file": pairs_file})
+    def validate_inputs(cls, folder, pairs_file, model):
+        bad = _common.validation_error(cls, {"folder": folder, "pairs_file": pairs_file, "model": model})
         if bad is not True:
             return bad
         try:

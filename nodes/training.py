@@ -271,7 +271,13 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, job_name=None, overrides=None):
+    def validate_inputs(cls, job_name=None, overrides=None, preset=None, base_model=None, mode=None, shot=None,
+                        mask_meaning=None, clip_l=None, t5xxl=None, ae=None, continue_from=None):
+        bad = _common.validation_error(cls, {"preset": preset, "base_model": base_model, "mode": mode, "shot": shot,
+                                             "mask_meaning": mask_meaning, "clip_l": clip_l, "t5xxl": t5xxl, "ae": ae,
+                                             "continue_from": continue_from})
+        if bad is not True:
+            return bad
         for value in (job_name or [])[:1]:
             try:
                 training.check_job_name(value)

@@ -51,6 +51,10 @@ class IdentityOverFrames(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model, face_policy):
+        return _common.validation_error(cls, {"model": model, "face_policy": face_policy})
+
+    @classmethod
     @_common.reports_errors("frames")
     def execute(cls, frames, model, face_policy, references=None, face_model=None, character=None) -> io.NodeOutput:
         char = character_of(character)
@@ -118,6 +122,10 @@ class MotionIntensity(io.ComfyNode):
                 io.String.Output("summary", display_name="summary", tooltip="Per-pair intensities as text."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, method, weight_scale):
+        return _common.validation_error(cls, {"method": method, "weight_scale": weight_scale})
 
     @classmethod
     @_common.reports_errors("frames")

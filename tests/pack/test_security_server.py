@@ -74,8 +74,9 @@ def refused(server, prompt, node_title: str, input_name: str) -> str:
         assert status == 200, body
         entry = server.wait_history(body["prompt_id"], 120)
         assert entry["status"]["status_str"] == "error", "the attack was not refused"
-        msgs = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-        text = json.dumps(msgs)
+        # what the pack says (ComfyUI's own traceback beside it names its source files)
+        text = json.dumps([m[1].get("exception_message") for m in entry["status"]["messages"]
+                           if m[0] == "execution_error"])
     assert node_title in text and f"input '{input_name}'" in text, text[:2000]
     assert str(server.base) not in text, f"the message leaks a server path: {text[:2000]}"
     assert SENTINEL.decode() not in text
