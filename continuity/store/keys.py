@@ -38,8 +38,9 @@ def configure(key_dir: Callable[[], str] | str | None) -> None:
 
 
 def key_dir() -> str:
-    where = _key_dir() if callable(_key_dir) else _key_dir
-    where = where or os.environ.get(ENV_KEY_DIR)
+    """The key folder: ``$CONTINUITY_KEY_DIR`` when the server's operator sets it (tests do, so that
+    every copy of the package in one process signs alike), else the configured folder."""
+    where = os.environ.get(ENV_KEY_DIR) or (_key_dir() if callable(_key_dir) else _key_dir)
     if not where:
         raise StoreError("the pack's key folder is not configured (the store cannot sign or check files)")
     return where

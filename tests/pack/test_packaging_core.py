@@ -1,5 +1,6 @@
 """The pack's packaging and architecture rules, checked on every run."""
 import ast
+import os
 import re
 import sys
 from pathlib import Path
@@ -123,3 +124,13 @@ def test_no_loaded_node_validates_with_kwargs(comfy):
         if fn is not None:
             spec = inspect.getfullargspec(fn)
             assert spec.varkw is None, f"{node_id}.validate_inputs takes **{spec.varkw}"
+
+
+@pytest.mark.comfy
+def test_the_store_key_lives_where_comfyui_never_serves_it(comfy):
+    """ComfyUI's system user folders ('user/__...') are refused by every HTTP route (/userdata included)."""
+    import folder_paths
+    common = sys.modules[comfy.pack_module.__name__ + ".nodes._common"]
+    where = common._key_dir()
+    assert where == os.path.join(folder_paths.get_user_directory(), "__continuity")
+    assert folder_paths.get_public_user_directory(os.path.basename(where)) is None

@@ -17,6 +17,7 @@ from continuity.store import keys
 @pytest.fixture(autouse=True)
 def key_dir(tmp_path, monkeypatch):
     folder = tmp_path / "user" / "__continuity"
+    monkeypatch.delenv("CONTINUITY_KEY_DIR", raising=False)
     store.configure(str(folder))
     keys._cache.clear()
     yield folder
