@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def atomic_write_bytes(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+def _write_temp(path: str, data: bytes) -> str:
+    """``data`` in a new temporary file, flushed to disk, in ``path``'s folder (made if missing)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -22,6 +22,17 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename: a reader
+    sees the old file or the new one, never half of it."""
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -29,6 +40,17 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
         except FileNotFoundError:
             pass
         raise
+    return path
+
+
+def exclusive_write_bytes(path: str, data: bytes) -> str:
+    """As :func:`atomic_write_bytes`, but only if ``path`` does not exist yet (a hard link, which
+    fails with ``FileExistsError`` when another writer got there first)."""
+    tmp = _write_temp(path, data)
+    try:
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
     return path
 
 

@@ -30,7 +30,6 @@ import io as _io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 
 from .. import store
 from ..errors import ContinuityError
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, exclusive_write_bytes
 from ..paths import safe_name
 
 STYLES = ("realistic", "animated")
@@ -307,21 +306,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_exclusive(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` only if ``path`` does not exist (atomic, via a hard link)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)          # FileExistsError if another writer got there first
-    finally:
-        os.unlink(tmp)
-
-
 def commit(root: str, name: str, apply: Callable[[Character | None], tuple[Character, dict]], *,
            action: str, summary: str = "", create: bool | None = None) -> Character:
     """Append a manifest entry to profile ``name``: ``apply(latest)`` returns (new character, changes).
@@ -420,7 +404,7 @@ def store_embedding(folder: str, model: str, embeddings: np.ndarray, revision_hi
         fname = f"{stem}.safetensors" if n == 0 else f"{stem}_{n}.safetensors"
         path = os.path.join(sub, fname)
         try:
-            _write_exclusive(path, data)
+            exclusive_write_bytes(path, data)
             break
         except FileExistsError:
             n += 1

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from .. import fsutil
 from . import keys
 from .confine import read_bytes, read_confined_file, resolve
 from .schema import MAX_DEPTH, MAX_JSON_BYTES, Schema, StoreError, check, load_json
@@ -45,40 +46,17 @@ def encode(obj: dict, *, kind: str, context: str = "") -> bytes:
         raise StoreError("the data holds an invalid character (a lone surrogate); nothing was written") from None
 
 
-def _write_tmp(folder: str, data: bytes) -> str:
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def write_json(path: str, obj: dict, *, kind: str, context: str = "") -> dict:
     """Sign ``obj`` and write it to ``path`` atomically (replacing the file). Returns what was signed."""
     data = encode(obj, kind=kind, context=context)
-    tmp = _write_tmp(os.path.dirname(os.path.abspath(path)), data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fsutil.atomic_write_bytes(path, data)
     return json.loads(data)
 
 
 def write_json_exclusive(path: str, obj: dict, *, kind: str, context: str = "") -> dict:
     """As :func:`write_json`, but only if ``path`` does not exist: ``FileExistsError`` otherwise."""
     data = encode(obj, kind=kind, context=context)
-    tmp = _write_tmp(os.path.dirname(os.path.abspath(path)), data)
-    try:
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
+    fsutil.exclusive_write_bytes(path, data)
     return json.loads(data)
 
 
