@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import fsutil
 from ..errors import ContinuityError
@@ -39,6 +40,9 @@ from . import command as cmd
 from . import dataset as ds
 from . import records
 from .progress import LineSplitter, Progress, parse_line
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 JOB_FILE = "job.json"
 STATES_FILE = "states.json"
@@ -86,7 +90,7 @@ class TrainJob:
     def lora_path(self) -> str:
         return os.path.join(self.lora_dir, self.output_name + ".safetensors")
 
-    def record(self) -> dict:
+    def stored(self) -> dict:
         return {"version": JOB_VERSION, "job_id": self.job_id, "output_name": self.output_name,
                 "preset": self.preset, "argv": self.argv, "total_steps": self.total_steps, "created": self.created,
                 "overrides": self.overrides, "models": self.models, "network_weights": self.network_weights,
@@ -125,7 +129,7 @@ def load_job(job_dir: str, *, loras_root: str, python: str, sd_root: str, model_
              weight_roots: list[str] | None = None, tokenizer_cache_dir: str | None = None,
              extra_optimizers=()) -> TrainJob:
     """A job folder read back (keyed, schema-checked), with the server's side filled in."""
-    data = records.read_record(os.path.join(job_dir, JOB_FILE), "job.json", _job_schema,
+    data = records.read_signed(os.path.join(job_dir, JOB_FILE), "job.json", _job_schema,
                                job_id=os.path.basename(os.path.normpath(job_dir)))
     if data["job_id"] != os.path.basename(os.path.normpath(job_dir)):
         raise records.RecordError("job.json belongs to another job folder", input="job_name")
@@ -218,7 +222,7 @@ def _place(stage: str, job: TrainJob, jobs_root: str, loras_root: str) -> None:
         job.argv = job.command(dataset_config=os.path.join(final, ds.TOML_NAME)).argv
         with open(os.path.join(stage, ds.TOML_NAME), "w", encoding="utf-8") as fh:
             fh.write(ds.toml_for(job.dataset, final))
-        records.write_record(os.path.join(stage, JOB_FILE), "job.json", job.record(), job_id=name)
+        records.write_signed(os.path.join(stage, JOB_FILE), "job.json", job.stored(), job_id=name)
         try:
             os.rename(stage, final)
             return
@@ -243,16 +247,16 @@ def _states_schema(data) -> dict:
     return data
 
 
-def recorded_states(job: TrainJob) -> dict:
+def saved_states(job: TrainJob) -> dict:
     path = os.path.join(job.job_dir, STATES_FILE)
     if not os.path.exists(path):
         return {}
-    return records.read_record(path, "states.json", _states_schema, job_id=job.job_id)
+    return records.read_signed(path, "states.json", _states_schema, job_id=job.job_id)
 
 
 def find_states(job: TrainJob) -> list[str]:
     """Saved state folders of the job that its own runs recorded, oldest (lowest step) first."""
-    recs = recorded_states(job)
+    recs = saved_states(job)
     found = [(rec["step"], name) for name, rec in recs.items() if os.path.isdir(os.path.join(job.output_dir, name))]
     return [os.path.join(job.output_dir, name) for _, name in sorted(found)]
 
@@ -262,11 +266,11 @@ def latest_state(job: TrainJob) -> str | None:
     return states[-1] if states else None
 
 
-def _record_new_states(job: TrainJob, labels: list[str]) -> None:
+def _hash_new_states(job: TrainJob, labels: list[str]) -> None:
     """Hash the state folders announced by this run's 'saving checkpoint' lines into states.json."""
     if not labels:
         return
-    recs = recorded_states(job)
+    recs = saved_states(job)
     changed = False
     for label in labels:
         name = f"{job.output_name}-{label}-state"
@@ -283,12 +287,12 @@ def _record_new_states(job: TrainJob, labels: list[str]) -> None:
         recs[name] = {"step": step, "files": files}
         changed = True
     if changed:
-        records.write_record(os.path.join(job.job_dir, STATES_FILE), "states.json", recs, job_id=job.job_id)
+        records.write_signed(os.path.join(job.job_dir, STATES_FILE), "states.json", recs, job_id=job.job_id)
 
 
 def _stage_state(job: TrainJob, run_dir: str) -> tuple[str, int]:
     """Copy the latest recorded state to ``run_dir``, checking every byte against the record."""
-    recs = recorded_states(job)
+    recs = saved_states(job)
     state = latest_state(job)
     if state is None:
         raise ContinuityError(f"job '{job.job_id}' has no saved state to resume from (states are saved with each "
@@ -319,11 +323,11 @@ def resume_argv(job: TrainJob, run_dir: str | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------------ processes
-_ACTIVE: dict[int, subprocess.Popen] = {}
+_ACTIVE: dict[int, Popen] = {}
 _ACTIVE_LOCK = threading.Lock()
 
 
-def start_trainer(argv: list[str], *, env: dict) -> subprocess.Popen:
+def start_trainer(argv: list[str], *, env: dict) -> Popen:
     """The pack's one subprocess call site: sd-scripts' interpreter on its script, an argument
     list built by :func:`command.build_command` (never a shell, never text from disk), in its own
     process group so a cancel reaches its data-loader workers too."""
@@ -343,7 +347,7 @@ def stop_all_trainers(grace: tuple[float, float] = (5.0, 3.0)) -> list[int]:
     return [p.pid for p in procs]
 
 
-def _kill_group(proc: subprocess.Popen, grace: tuple[float, float]) -> None:
+def _kill_group(proc: Popen, grace: tuple[float, float]) -> None:
     """SIGINT, then SIGTERM, then SIGKILL to the whole process group, waiting between."""
     for sig, wait in ((signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, 10.0)):
         try:
@@ -458,7 +462,7 @@ def _private_run_dir(job: TrainJob) -> str:
 
 def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None, cancel_event=None, *,
            resume: bool = False, env: dict | None = None, grace: tuple[float, float] = (15.0, 10.0),
-           poll_s: float = 0.05, on_start: Callable[[subprocess.Popen], None] | None = None) -> str:
+           poll_s: float = 0.05, on_start: Callable[[Popen], None] | None = None) -> str:
     """Run the job to the end and return the LoRA path (in ``job.lora_dir``).
 
     ``cancel_event``: anything with ``is_set()``; when it turns true the process group is stopped
@@ -523,7 +527,7 @@ def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on
             run.log.write(f"\n# exit code {proc.returncode}\n")
             run.log.close()
         try:
-            _record_new_states(job, run.labels)
+            _hash_new_states(job, run.labels)
         except (ContinuityError, OSError):
             pass  # a damaged states.json: these states are simply not resumable
     return _finish(job, proc.returncode, cancelled, run, log_path)

@@ -47,11 +47,11 @@ def _context(job_id: str) -> str:
     return "training-job:" + job_id
 
 
-def write_record(path: str, kind: str, data: dict, *, job_id: str) -> None:
+def write_signed(path: str, kind: str, data: dict, *, job_id: str) -> None:
     store.write_json(path, data, kind=f"training/{kind}", context=_context(job_id))
 
 
-def read_record(path: str, kind: str, schema: Callable[[Any], dict], *, job_id: str,
+def read_signed(path: str, kind: str, schema: Callable[[Any], dict], *, job_id: str,
                 input: str = "job_name") -> dict:
     """The checked content of a record; :class:`RecordError` with a reason otherwise."""
     if not os.path.lexists(path):

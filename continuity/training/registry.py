@@ -119,14 +119,14 @@ def read_status_file(job_dir: str) -> dict | None:
     path = os.path.join(job_dir, STATUS_FILE)
     if not os.path.lexists(path):
         return None
-    data = records.read_record(path, "status.json", _status_schema, job_id=os.path.basename(os.path.normpath(job_dir)))
+    data = records.read_signed(path, "status.json", _status_schema, job_id=os.path.basename(os.path.normpath(job_dir)))
     if data["job_id"] != os.path.basename(os.path.normpath(job_dir)):
         raise records.RecordError("status.json belongs to another job", input="job_name")
     return data
 
 
 def write_status_file(job_dir: str, data: dict) -> None:
-    records.write_record(os.path.join(job_dir, STATUS_FILE), "status.json", data,
+    records.write_signed(os.path.join(job_dir, STATUS_FILE), "status.json", data,
                          job_id=os.path.basename(os.path.normpath(job_dir)))
 
 
