@@ -215,9 +215,8 @@ def add_mesh(rgb: np.ndarray, face: Face) -> bool:
     return True
 
 
-def person_mask_small(rgb: np.ndarray, work_side: int = 256, model: int = 0):
-    """Person segmentation on a copy of longest side ``work_side``: (mask, fx, fy), where the mask
-    is (round(H * fy), round(W * fx)) float32 in [0, 1]."""
+def _segment(rgb: np.ndarray, work_side: int, model: int) -> tuple[np.ndarray, int, int]:
+    """The raw selfie-segmentation mask of a copy of longest side ``work_side``, and the image's (H, W)."""
     rgb = as_uint8_rgb(rgb)
     h, w = rgb.shape[:2]
     s = min(1.0, work_side / max(h, w))
@@ -225,7 +224,14 @@ def person_mask_small(rgb: np.ndarray, work_side: int = 256, model: int = 0):
     g = _graph("segment", model)
     with _lock:
         res = g.process(work)
-    m = np.clip(np.asarray(res.segmentation_mask, dtype=np.float32), 0.0, 1.0)
+    return np.asarray(res.segmentation_mask, dtype=np.float32), h, w
+
+
+def person_mask_small(rgb: np.ndarray, work_side: int = 256, model: int = 0):
+    """Person segmentation on a copy of longest side ``work_side``: (mask, fx, fy), where the mask
+    is (round(H * fy), round(W * fx)) float32 in [0, 1]."""
+    m, h, w = _segment(rgb, work_side, model)
+    m = np.clip(m, 0.0, 1.0)
     return m, m.shape[1] / w, m.shape[0] / h
 
 
@@ -236,14 +242,7 @@ def person_mask(rgb: np.ndarray, work_side: int = 512, model: int = 0) -> np.nda
     then is resized back.
     """
     import cv2
-    rgb = as_uint8_rgb(rgb)
-    h, w = rgb.shape[:2]
-    s = min(1.0, work_side / max(h, w))
-    work = _resize(rgb, round(w * s), round(h * s)) if s < 1 else rgb
-    g = _graph("segment", model)
-    with _lock:
-        res = g.process(work)
-    m = np.asarray(res.segmentation_mask, dtype=np.float32)
+    m, h, w = _segment(rgb, work_side, model)
     if m.shape[:2] != (h, w):
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32, copy=False)
     return np.clip(m, 0.0, 1.0)
