@@ -208,3 +208,37 @@ def test_existing_job_not_overwritten(comfy, env):
     res = comfy.run(_prompt(folder, "dup_job", epochs=1), expect_success=False)
     assert "already exists" in res.error["exception_message"] and str(comfy.base) not in res.error["exception_message"]
     assert (comfy.base / "models" / "loras" / "dup_job" / "dup_job.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("preset,overrides,needle", [
+    ("sdxl_realistic", "optimizer_type = Adafactor\nlr_scheduler = constant_with_warmup\nlr_warmup_steps = 10",
+     "Adafactor"),
+    ("shot_type", "cache_text_encoder_outputs = true\nnetwork_train_unet_only = true", "train_network.py"),
+    ("sdxl_realistic", "optimizer_type = DAdaptAdam", "extra_optimizers"),
+])
+def test_refused_settings_leave_no_job_folder(comfy, env, preset, overrides, needle):
+    _, folder, _ = env
+    name = f"refused_{preset}_{len(overrides)}"
+    res = comfy.run(_prompt(folder, name, preset=preset, overrides=overrides), expect_success=False)
+    msg = res.error["exception_message"]
+    assert "Train LoRA (Continuity)" in msg and "overrides" in msg and needle in msg
+    assert not (comfy.base / "output" / "continuity" / "training" / name).exists()
+
+
+def test_dataset_version_masks_unused_warning_and_resume_status(comfy, env):
+    sd_root, folder, _ = env
+    graph = _prompt(folder, "ds_job", preset="shot_type", epochs=1)
+    graph["3"] = {"class_type": "ContinuitySaveDatasetVersion",
+                  "inputs": {"images": ["1", 0], "name": "ds_for_training", "note": "", "captions": ["1", 3],
+                             "masks": ["1", 1]}}
+    ins = graph["2"]["inputs"]
+    for k in ("images", "masks", "captions"):
+        ins.pop(k)
+    ins["dataset"] = ["3", 0]
+    res = comfy.run(graph)
+    text = " ".join(res.ui["2"]["text"])
+    assert "LoRA written: ds_job/ds_job.safetensors" in text
+    assert "masks were given" in text, "shot_type trains without masked loss: the user is told"
+    # Training Status after a wait-mode run shows the finished job (status.json is written in wait mode too)
+    r = comfy.run({"1": {"class_type": "ContinuityTrainingStatus", "inputs": {"job_id": "ds_job", "cancel": False}}})
+    assert r.value("1", 0) == "finished" and r.value("1", 3) == "ds_job/ds_job.safetensors"
