@@ -186,18 +186,28 @@ def build_bisenet(num_class: int = 19):
     return BiSeNet(num_class)
 
 
-def load_bisenet(models_dir: str | None, device: str = "cpu"):
-    """facexlib's BiSeNet with its weights (cached per process)."""
-    key = ("bisenet", models_dir, device)
+def _load_network(name: str, build, filename: str, url: str, licence: str, models_dir: str | None, device: str,
+                  input: str = "backend"):
+    """``build()`` with the weights file loaded strictly (fetched into ``models_dir`` when missing and
+    online), in eval mode on ``device``; one per (network, folder, device) per process."""
+    key = (name, models_dir, device)
     with _lock:
         if key not in _models:
             torch = _torch()
-            path = ensure_file(models_dir, BISENET_FILE, BISENET_URL, licence=LICENCE, input="parser")
-            net = build_bisenet(19)
+            path = ensure_file(models_dir, filename, url, licence=licence, input=input)
+            net = build()
             state = torch.load(path, map_location="cpu", weights_only=True)
+            # checkpoints saved from DataParallel prefix every name with "module."
+            state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
             net.load_state_dict(state, strict=True)
             _models[key] = net.eval().to(device)
         return _models[key]
+
+
+def load_bisenet(models_dir: str | None, device: str = "cpu"):
+    """facexlib's BiSeNet with its weights (cached per process)."""
+    return _load_network("bisenet", lambda: build_bisenet(19), BISENET_FILE, BISENET_URL, LICENCE, models_dir,
+                         device, input="parser")
 
 
 class BiSeNetParser:
@@ -367,17 +377,9 @@ def retinaface_priors(height: int, width: int) -> np.ndarray:
 
 
 def load_retinaface(models_dir: str | None, device: str = "cpu"):
-    key = ("retinaface", models_dir, device)
-    with _lock:
-        if key not in _models:
-            torch = _torch()
-            path = ensure_file(models_dir, RETINAFACE_FILE, RETINAFACE_URL, licence="MIT (facexlib)")
-            net = build_retinaface()
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-            net.load_state_dict(state, strict=True)
-            _models[key] = net.eval().to(device)
-        return _models[key]
+    """facexlib's RetinaFace (ResNet-50) with its weights (cached per process)."""
+    return _load_network("retinaface", build_retinaface, RETINAFACE_FILE, RETINAFACE_URL, "MIT (facexlib)",
+                         models_dir, device)
 
 
 class RetinaFaceDetector:
