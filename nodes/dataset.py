@@ -671,10 +671,14 @@ class LoadDatasetVersion(io.ComfyNode):
         return True
 
     @classmethod
-    def fingerprint_inputs(cls, name, version, **kwargs):
+    def fingerprint_inputs(cls, name, version):
+        # the version read, and its manifest's identity: a replaced manifest is read (and judged) again
         try:
-                return str(vs.versions_of(_datasets_root(), _name_ok(name))) if not version else f"v{version}"
-        except ContinuityError:
+            folder = vs.dataset_dir(_datasets_root(), _name_ok(name))
+            n = version or (vs.versions_of(_datasets_root(), name) or [0])[-1]
+            st = os.stat(os.path.join(folder, f"v{n}", vs.MANIFEST))
+            return f"v{n}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+        except (ContinuityError, OSError):
             return None
 
     @classmethod

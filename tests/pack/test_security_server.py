@@ -209,3 +209,149 @@ def test_crop_target_size_past_its_max_is_400(server, sentinels):
                          "padding": "edge"}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}})
     assert status == 400 and "target_size" in json.dumps(body)
+
+
+# --------------------------------------------------------------------------- stored state read back
+
+def _attack_manifest(items):
+    return json.dumps({"format": "continuity-dataset/2", "name": "x", "version": 1, "created": "", "parent": None,
+                       "note": "", "count": len(items), "caption_extension": ".txt", "items": items,
+                       "provenance": {}}).encode()
+
+
+def test_uploaded_dataset_manifest_pointing_outside_is_refused(server, sentinels):
+    secret = sentinels["secret.png"]
+    rel_up = "../../../../../" + secret.parent.name + "/secret.png"
+    for name, file_, mask in (("atk_abs", str(secret), None), ("atk_dotdot", rel_up, None),
+                              ("atk_mask", "img0.png", str(sentinels["passwd"]))):
+        upload(server, "img0.png", png(3), subfolder=f"continuity/datasets/{name}/v1")
+        upload(server, "manifest.json", _attack_manifest([{
+            "file": file_, "width": 40, "height": 32, "sha256": "0" * 64, "caption": "", "caption_file": None,
+            "mask_file": mask, "mask_sha256": None, "source": "", "fixed_from": None, "scores": {}}]),
+            subfolder=f"continuity/datasets/{name}/v1")
+        msg = refused(server, {"1": _load_version(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
+                      "Load Dataset Version", "version")
+        assert "signature" in msg
+    still_serves(server)
+
+
+def test_pack_written_manifest_edited_is_refused_by_load_and_merge(server, sentinels):
+    man = _dataset(server, "atk_edit")
+    base = server.base / "output" / "continuity" / "datasets" / "atk_edit" / "v1"
+    merge = {"1": _load_version("atk_edit"), "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 1]}},
+             "3": {"class_type": "ContinuityMergeFixedImages",
+                   "inputs": {"dataset": ["1", 0], "fixed_images": ["2", 0], "filenames": ["1", 3], "note": ""}}}
+    server.run(merge, 120)                     # Load Dataset Version's result is now cached by ComfyUI
+    assert (base.parent / "v2").is_dir()
+    edited = dict(man)
+    edited["items"] = [dict(man["items"][0], mask_file="../../../../../" + sentinels["passwd"].parent.name + "/passwd")]
+    edited["count"] = 1
+    upload(server, "manifest.json", json.dumps(edited).encode(), subfolder="continuity/datasets/atk_edit/v1")
+    # Merge reads its base again through the store (the cached DATASET value is not trusted as given);
+    # another note makes ComfyUI run Merge again while Load Dataset Version stays cached
+    merge["3"]["inputs"]["note"] = "again"
+    refused(server, merge, "Merge Fixed Images", "dataset")
+    assert not (base.parent / "v3").exists()
+    refused(server, {"1": _load_version("atk_edit"), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
+            "Load Dataset Version", "version")
+    still_serves(server)
+
+
+def test_tampered_or_linked_version_files_give_a_clean_error(server, sentinels):
+    man = _dataset(server, "atk_files")
+    v1 = server.base / "output" / "continuity" / "datasets" / "atk_files" / "v1"
+    graph = {"1": _load_version("atk_files"), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}}
+    mask_rel = next(r["mask_file"] for r in man["items"] if r["mask_file"]) if any(
+        r["mask_file"] for r in man["items"]) else None
+    target = mask_rel or man["items"][0]["file"]
+    folder, _, fname = ("continuity/datasets/atk_files/v1/" + target).rpartition("/")
+    upload(server, fname, b"\x89PNG\r\n\x1a\n not a png at all", subfolder=folder)   # a raw PIL error once leaked paths
+    msg = refused(server, graph, "Load Dataset Version", "version")
+    assert "changed after it was written" in msg
+    # a file of the version swapped for a link to outside (a local user could do this)
+    img = v1 / man["items"][-1]["file"]
+    img.unlink()
+    img.symlink_to(sentinels["secret.png"])
+    (v1 / target).unlink()
+    upload(server, fname, b"", subfolder=folder)
+    refused(server, graph, "Load Dataset Version", "version")
+    still_serves(server)
+
+
+def test_uploaded_character_profile_is_refused(server, sentinels):
+    entry = {"revision": 1, "time": "", "action": "create", "summary": "", "changes": {},
+             "profile": {"name": "atk_char", "trigger_word": "", "class_phrase": "", "style": "realistic",
+                         "references": [str(sentinels["secret.png"]), "../../../" + sentinels["secret.png"].name],
+                         "style_references": [], "embeddings": {"dlib": {"file": str(sentinels["passwd"]), "count": 1,
+                                                                        "dim": 128, "sha256": "0" * 64}},
+                         "thresholds": {}, "default_threshold": None, "style_threshold": 0.75,
+                         "clip_style_threshold": None, "datasets": [], "loras": [], "notes": "", "revision": 1}}
+    upload(server, "000001.json", json.dumps(entry).encode(), subfolder="continuity/characters/atk_char/manifest")
+    msg = refused(server, {"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "atk_char", "revision": 0}},
+                           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
+                  "Load Character", "name")
+    assert "signature" in msg
+    still_serves(server)
+
+
+def test_input_folder_files_linked_outside_are_refused(server, sentinels):
+    upload(server, "ok.png", png(4), type_="input", subfolder="atk_links")
+    (server.base / "input" / "atk_links" / "zz.png").symlink_to(sentinels["secret.png"])
+    msg = refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                                 "inputs": {"folder": "atk_links", "mode": "list", "recursive": False, "start": 0,
+                                            "limit": 0, "caption_extension": ".txt"}},
+                           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
+                  "Load Image Folder", "folder")
+    assert "zz.png" in msg
+    # a linked sub-folder is refused too when recursing
+    (server.base / "input" / "atk_links" / "zz.png").unlink()
+    (server.base / "input" / "atk_links" / "sub").symlink_to(sentinels["secret.png"].parent, target_is_directory=True)
+    refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                           "inputs": {"folder": "atk_links", "mode": "list", "recursive": True, "start": 0,
+                                      "limit": 0, "caption_extension": ".txt"}},
+                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
+            "Load Image Folder", "folder")
+    still_serves(server)
+
+
+# --------------------------------------------------------------------------- text inputs
+
+BAD_TEXTS = ["\ud800", "a\udfffb", "nul\x00", "esc\x1b[2J", "x" * 3_000_000]
+
+
+def test_invalid_text_is_refused_and_the_worker_survives(server, sentinels):
+    for bad in BAD_TEXTS[:4]:
+        refused(server, {"1": {"class_type": "ContinuitySaveCharacter",
+                               "inputs": {"name": bad, "trigger_word": "", "class_phrase": "", "style": "keep",
+                                          "threshold": 0.0, "notes": ""}}},
+                "Save Character", "name")
+        refused(server, {"1": {"class_type": "ContinuityBuildCaption",
+                               "inputs": {"trigger": "ohwx", "class_word": "man", "appearance": bad, "framing": "",
+                                          "background": "", "extra": "", "prefix": "photo of", "include_trigger": True,
+                                          "include_appearance": True, "include_framing": True,
+                                          "include_background": True}},
+                         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}},
+                "Build Caption", "appearance")
+        refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                               "inputs": {"folder": bad, "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                                          "caption_extension": ".txt"}},
+                         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
+                "Load Image Folder", "folder")
+    refused(server, {"1": {"class_type": "ContinuitySaveCharacter",
+                           "inputs": {"name": "ok", "trigger_word": "", "class_phrase": "", "style": "keep",
+                                      "threshold": 0.0, "notes": BAD_TEXTS[4]}}},
+            "Save Character", "notes")
+    still_serves(server)
+    log = server.log_tail(200_000)
+    assert "UnicodeEncodeError" not in log and "Logging error" not in log
+
+
+def test_caption_files_are_size_capped(server, sentinels):
+    upload(server, "a.png", png(5), type_="input", subfolder="atk_caption")
+    upload(server, "a.txt", b"word " * 40_000, type_="input", subfolder="atk_caption")
+    refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                           "inputs": {"folder": "atk_caption", "mode": "list", "recursive": False, "start": 0,
+                                      "limit": 0, "caption_extension": ".txt"}},
+                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
+            "Load Image Folder", "caption_extension")
+    still_serves(server)
