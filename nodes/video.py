@@ -318,8 +318,12 @@ def _stable_crop_inputs(default_target: int):
     ]
 
 
-def _check_target(cls, target_size):
-    if target_size % 64:
+def _check_target(cls, target_size, **combos):
+    # naming target_size (and the combos) in validate_inputs turns ComfyUI's own checks off for them
+    bad = _common.validation_error(cls, {"target_size": target_size, **combos})
+    if bad is not True:
+        return bad
+    if isinstance(target_size, int) and target_size % 64:
         return str(_common.node_error(cls, "target_size", f"{target_size} is not a multiple of 64"))
     return True
 
@@ -395,8 +399,8 @@ class TrackCropSequence(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target_size):
-        return _check_target(cls, target_size)
+    def validate_inputs(cls, target_size, padding):
+        return _check_target(cls, target_size, padding=padding)
 
     @classmethod
     @_common.reports_errors("which")
@@ -543,8 +547,9 @@ class VideoFaceFix(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, target_size):
-        return _check_target(cls, target_size)
+    def validate_inputs(cls, target_size, which, padding, sampler_name, scheduler):
+        return _check_target(cls, target_size, which=which, padding=padding, sampler_name=sampler_name,
+                             scheduler=scheduler)
 
     @classmethod
     @_common.reports_errors("frames")
@@ -659,6 +664,10 @@ class FlickerReport(io.ComfyNode):
                 io.String.Output("json", display_name="json", tooltip="All figures as JSON."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, method):
+        return _common.validation_error(cls, {"method": method})
 
     @classmethod
     @_common.reports_errors("tracks")

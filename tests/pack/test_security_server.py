@@ -247,10 +247,10 @@ def test_pack_written_manifest_edited_is_refused_by_load_and_merge(server, senti
     edited["items"] = [dict(man["items"][0], mask_file="../../../../../" + sentinels["passwd"].parent.name + "/passwd")]
     edited["count"] = 1
     upload(server, "manifest.json", json.dumps(edited).encode(), subfolder="continuity/datasets/atk_edit/v1")
-    # Merge reads its base again through the store (the cached DATASET value is not trusted as given);
-    # another note makes ComfyUI run Merge again while Load Dataset Version stays cached
+    # the replaced manifest makes Load Dataset Version read again, and refuse; Merge itself reads its base
+    # again through the store too (tests/pack/test_store_readback_core.py: the DATASET value is never trusted)
     merge["3"]["inputs"]["note"] = "again"
-    refused(server, merge, "Merge Fixed Images", "dataset")
+    refused(server, merge, "Load Dataset Version", "version")
     assert not (base.parent / "v3").exists()
     refused(server, {"1": _load_version("atk_edit"), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
             "Load Dataset Version", "version")

@@ -211,3 +211,18 @@ def test_profile_folder_linked_out_is_refused(profile, tmp_path):
     os.symlink(elsewhere, root / "mara", target_is_directory=True)
     with pytest.raises(store.StoreError, match="outside"):
         charlib.load_profile(str(root), "mara")
+
+
+def test_a_dataset_value_is_read_again_not_trusted(dataset):
+    """Merge Fixed Images gets a DATASET value from a link: it is only a name and a number to read again."""
+    root, ver, secret = dataset
+    value = vs.load_version(str(root), "hero", 1).as_dict()
+    value["manifest"]["items"][0]["file"] = str(secret)          # what the value says does not matter
+    assert vs.from_value(str(root), value).items[0]["file"] == "img0.png"
+    doc = _manifest(ver)
+    doc["items"][0]["mask_file"] = "../../../secret.txt"
+    with open(os.path.join(ver.path, "manifest.json"), "w") as fh:
+        json.dump(doc, fh)
+    with pytest.raises(store.StoreError, match="signature") as err:
+        vs.from_value(str(root), value, input="dataset")
+    assert err.value.input == "dataset"
