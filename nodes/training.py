@@ -431,8 +431,7 @@ class TrainLoRA(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(max(1, st.total or 1), node_id=node_id)
         sender = _ThrottledSender(lambda msg: _send(msg, sid), node_id)
         interrupted = False
-        thread = training.REGISTRY._threads[job.job_id]
-        while thread.is_alive() or not events.empty():
+        while training.REGISTRY.is_running(job.job_id) or not events.empty():
             if mm.processing_interrupted() and not interrupted:
                 interrupted = True
                 training.REGISTRY.cancel(job.job_id)
@@ -448,7 +447,7 @@ class TrainLoRA(io.ComfyNode):
                     interrupted = True       # the hook raised and cleared the flag: remember it
                     training.REGISTRY.cancel(job.job_id)
             sender.event(ev, _message(_public(st.to_dict(), with_tail=True), node_id, ev.kind))
-        thread.join()
+        training.REGISTRY.wait(job.job_id)
         sender.flush()
         final = _public(st.to_dict(), with_tail=True)
         _send(_message(final, node_id, "end"), sid)

@@ -535,7 +535,7 @@ def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on
 
 def _finish(job: TrainJob, code: int, cancelled: bool, run: _Run, log_path: str) -> str:
     text_tail = "\n".join(run.tail)
-    log_rel = os.path.join(job.job_id, LOG_DIR, os.path.basename(log_path))
+    log_rel = f"{LOG_DIR}/{os.path.basename(log_path)} in the job folder '{job.job_id}'"
     if cancelled:
         state = latest_state(job)
         raise TrainingCancelled(f"training '{job.job_id}' was stopped"

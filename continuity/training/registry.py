@@ -217,6 +217,11 @@ class JobRegistry:
             st.total = old.get("total") or st.total
             st.step = old.get("step", 0)
 
+    def is_running(self, job_id: str) -> bool:
+        """Whether the run thread of ``job_id`` is still going."""
+        t = self._threads.get(job_id)
+        return bool(t and t.is_alive())
+
     def get(self, job_id: str) -> JobStatus | None:
         return self._jobs.get(job_id)
 
