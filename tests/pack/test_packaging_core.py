@@ -134,3 +134,24 @@ def test_the_store_key_lives_where_comfyui_never_serves_it(comfy):
     where = common._key_dir()
     assert where == os.path.join(folder_paths.get_user_directory(), "__continuity")
     assert folder_paths.get_public_user_directory(os.path.basename(where)) is None
+
+
+TIERS = ("core", "nodes", "server", "frontend")
+
+
+def test_tests_are_grouped_by_stage_and_tier():
+    """tests/<stage>/test_<topic>_<tier>.py, the tier one of core (no ComfyUI), nodes (in-process),
+    server (live), frontend (Chromium): a newcomer finds a stage's tests, and how heavy they are, by name."""
+    tests = REPO / "tests"
+    files = [p.relative_to(tests) for p in tests.rglob("test_*.py") if "support" not in p.relative_to(tests).parts]
+    assert len(files) > 20, "the scan is broken"
+    misplaced = [str(p) for p in files if len(p.parts) != 2 or not p.stem.endswith(TIERS)]
+    assert not misplaced, f"put these in tests/<stage>/ and end the name with one of {TIERS}: {misplaced}"
+
+
+def test_lint_and_types_run_before_the_tests():
+    """The README's test command runs ruff (with the complexity ceiling) and mypy before pytest."""
+    script = (REPO / "scripts" / "run_tests.sh").read_text()
+    assert script.index('"$VENV/bin/ruff" check .') < script.index('"$VENV/bin/mypy"') < script.index("-m pytest")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert "max-complexity = 15" in pyproject and '"C901"' in pyproject and 'files = ["continuity"]' in pyproject
