@@ -96,11 +96,12 @@ class TrainJob:
                 "overrides": self.overrides, "models": self.models, "network_weights": self.network_weights,
                 "dataset": self.dataset, "warnings": self.warnings}
 
-    def command(self, *, dataset_config: str, resume: str | None = None) -> cmd.BuiltCommand:
+    def command(self, *, dataset_config: str, resume: str | None = None,
+                output_dir: str | None = None) -> cmd.BuiltCommand:
         """The argument list of a run, from the validated settings (same builder as a new job)."""
         return cmd.build_command(
             cmd.load_preset(self.preset), self.overrides, python=self.python, sd_scripts_root=self.sd_root,
-            dataset_config=dataset_config, output_dir=self.output_dir, output_name=self.output_name,
+            dataset_config=dataset_config, output_dir=output_dir or self.output_dir, output_name=self.output_name,
             models=self.models, model_roots=self.model_roots, logging_dir=os.path.join(self.job_dir, LOG_DIR, "tb"),
             network_weights=self.network_weights, resume=resume, weight_roots=self.weight_roots or None,
             tokenizer_cache_dir=self.tokenizer_cache_dir, extra_optimizers=self.extra_optimizers)
@@ -233,7 +234,9 @@ def _place(stage: str, job: TrainJob, jobs_root: str, loras_root: str) -> None:
 
 
 # ------------------------------------------------------------------ saved states
-_STATE_RE = re.compile(r"^(?P<name>.+?)-(?:(?P<epoch>\d{6})|step(?P<step>\d{8}))-state$")
+# a state folder of the first run, or of a resumed run's own folder (out/resume-N/)
+_STATE_RE = re.compile(r"^(?:resume-\d{1,4}/)?(?P<name>[^/]+?)-(?:(?P<epoch>\d{6})|step(?P<step>\d{8}))-state$")
+RESUME_DIR = "resume-{}"
 _CKPT_RE = re.compile(r"-(\d{6}|step\d{8})\.safetensors$")
 
 
@@ -273,7 +276,8 @@ def _hash_new_states(job: TrainJob, labels: list[str]) -> None:
     recs = saved_states(job)
     changed = False
     for label in labels:
-        name = f"{job.output_name}-{label}-state"
+        prefix, _, tail = label.rpartition("/")
+        name = (prefix + "/" if prefix else "") + f"{job.output_name}-{tail}-state"
         folder = os.path.join(job.output_dir, name)
         try:
             with open(os.path.join(folder, "train_state.json"), encoding="utf-8") as fh:
@@ -297,13 +301,13 @@ def _stage_state(job: TrainJob, run_dir: str) -> tuple[str, int]:
     if state is None:
         raise ContinuityError(f"job '{job.job_id}' has no saved state to resume from (states are saved with each "
                               "periodic save)", input="resume")
-    name = os.path.basename(state)
+    name = os.path.relpath(state, job.output_dir).replace(os.sep, "/")
     rec = recs[name]
     present = sorted(f for f in os.listdir(state) if os.path.isfile(os.path.join(state, f)))
     if present != sorted(rec["files"]):
         raise ContinuityError(f"the saved state {name} was changed after training wrote it; it is not used",
                               input="resume")
-    dest = os.path.join(run_dir, name)
+    dest = os.path.join(run_dir, os.path.basename(state))
     os.makedirs(dest)
     for fname, digest in rec["files"].items():
         src = os.path.join(state, fname)
@@ -404,8 +408,11 @@ def process_start_time(pid: int) -> int | None:
 class _Run:
     """One sd-scripts process: reads both pipes, logs them, turns renders into events."""
 
-    def __init__(self, job: TrainJob, on_progress, offset: int, log_path: str):
+    def __init__(self, job: TrainJob, on_progress, offset: int, log_path: str, out_dir: str):
         self.job, self.on_progress, self.offset = job, on_progress, offset
+        self.prefix = os.path.relpath(out_dir, job.output_dir).replace(os.sep, "/")
+        self.prefix = "" if self.prefix == "." else self.prefix + "/"
+        self.out_dir = out_dir
         self.tail: deque[str] = deque(maxlen=40)
         self.lock = threading.Lock()
         self.log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by _run
@@ -440,7 +447,7 @@ class _Run:
             m = _CKPT_RE.search(ev.checkpoint)
             if m:
                 with self.lock:
-                    self.labels.append(m.group(1))
+                    self.labels.append(self.prefix + m.group(1))
             ev.checkpoint = os.path.basename(ev.checkpoint)
         elif ev.kind == "step" and self.offset and ev.step is not None:
             # a resumed run's bar counts only the steps it trains: report absolute steps and the
@@ -477,19 +484,33 @@ def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None,
         toml = os.path.join(run_dir, ds.TOML_NAME)
         with open(toml, "w", encoding="utf-8") as fh:
             fh.write(ds.toml_for(job.dataset, job.job_dir))
-        argv = job.command(dataset_config=toml, resume=state).argv
+        out_dir = _resume_out_dir(job) if resume else job.output_dir
+        argv = job.command(dataset_config=toml, resume=state, output_dir=out_dir).argv
         return _run(job, argv, offset, on_progress, cancel_event, env=env, grace=grace, poll_s=poll_s,
-                    on_start=on_start)
+                    on_start=on_start, out_dir=out_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on_start) -> str:
+def _resume_out_dir(job: TrainJob) -> str:
+    """A resumed run saves into its own ``out/resume-N``: whatever numbering the trainer uses, the
+    earlier runs' checkpoints and states are never written over."""
+    for n in range(1, 10_000):
+        path = os.path.join(job.output_dir, RESUME_DIR.format(n))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise ContinuityError(f"job '{job.job_id}' was resumed too often", input="resume")
+
+
+def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on_start, out_dir) -> str:
     log_path = fsutil.unique_path(os.path.join(job.job_dir, LOG_DIR), "run", ".log")
     run_env = dict(os.environ if env is None else env)
     run_env["PYTHONUNBUFFERED"] = "1"
     run_env.setdefault("PYTHONIOENCODING", "utf-8")
-    run = _Run(job, on_progress, offset, log_path)
+    run = _Run(job, on_progress, offset, log_path, out_dir)
     run.log.write("# " + json.dumps(argv) + "\n")
     run.log.flush()
     try:
@@ -543,7 +564,7 @@ def _finish(job: TrainJob, code: int, cancelled: bool, run: _Run, log_path: str)
     if code != 0:
         raise TrainingFailed(f"sd-scripts exited with code {code}. Full log: {log_rel}\n"
                              f"--- last lines ---\n{text_tail}")
-    produced = os.path.join(job.output_dir, job.output_name + ".safetensors")
+    produced = os.path.join(run.out_dir, job.output_name + ".safetensors")
     if not os.path.isfile(produced):
         raise TrainingFailed(f"sd-scripts exited normally but wrote no LoRA ({job.output_name}.safetensors). "
                              f"Full log: {log_rel}\n--- last lines ---\n{text_tail}")

@@ -441,3 +441,26 @@ def test_a_job_name_taken_meanwhile_gets_its_own_folder(rig, monkeypatch):
     doc = json.loads((Path(job.job_dir) / "job.json").read_text())
     assert doc["job_id"] == "race-2" and str(jobs / "race-2" / "img") in (Path(job.job_dir) / "dataset.toml").read_text()
     assert treg.read_status_file(job.job_dir) is None
+
+
+def test_resume_of_a_resumed_run_continues_from_its_own_state(rig):
+    sd_root, make, _, _ = rig
+    job = make(name="chain", overrides={"max_train_steps": 12, "save_every_n_steps": 3})
+    reg = JobRegistry()
+    for hang, stop_at in ((5, 4), (8, 7)):
+        _fake_trainer.set_control(sd_root, {"hang_at_step": hang})
+        reg.start(job, resume=hang != 5, mode="background", grace=(2, 2))
+        assert _wait_for(lambda s=stop_at: reg.status("chain")["step"] == s)
+        reg.cancel("chain")
+        assert reg.wait("chain", 30)["state"] == "cancelled"
+    names = [os.path.relpath(s, job.output_dir) for s in find_states(job)]
+    assert names == ["chain-step00000003-state", "resume-1/chain-step00000006-state"]
+    _fake_trainer.set_control(sd_root, {})
+    events = []
+    reg.start(job, resume=True, mode="background", listener=events.append)
+    final = reg.wait("chain", 60)
+    assert final["state"] == "finished" and final["step"] == final["total"] == 12
+    steps = [e.step for e in events if e.kind == "step"]
+    assert steps[0] == 6 and steps[-1] == 12
+    assert [p[0] for p in final["losses"]] == list(range(1, 13))
+    assert os.path.isfile(job.lora_path)
