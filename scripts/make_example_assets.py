@@ -6,6 +6,10 @@
 - assets/examples/shot.jpg: a wide shot whose face is small, the input of the face-fix workflows.
 - assets/examples/clip.mp4: a short clip that pans and zooms over portraits of one person, the
   input of the video identity and motion workflow.
+- assets/examples/two_people.jpg: two people side by side (img1's and img16's), the input of the
+  cast face-fix workflow; the references of the two characters are other photos of them.
+- assets/examples/two_shot.mp4: a short shot of the same two people moving toward each other, then a
+  hard cut to a closer framing: the input of the video shot workflows.
 
 Deterministic; run it again only to change these files.
 """
@@ -60,11 +64,52 @@ def clip():
         for packet in stream.encode():
             container.mux(packet)
 
+def _head(name: str, side: int) -> Image.Image:
+    return ImageOps.fit(Image.open(FACES / name).convert("RGB"), (side, side), Image.LANCZOS, centering=(0.5, 0.35))
+
+
+def two_people():
+    canvas = Image.new("RGB", (640, 360), (70, 80, 95))
+    canvas.paste(_head("img1.jpg", 300), (20, 40))
+    canvas.paste(_head("img16.jpg", 300), (320, 50))
+    canvas.save(OUT / "two_people.jpg", quality=90)
+
+
+def two_shot():
+    import av
+    a, d = _head("img1.jpg", 200), _head("img16.jpg", 200)
+    yy, xx = np.mgrid[0:216, 0:384]
+    frames = []
+    for t in range(16):
+        tint = (70, 80, 95) if t < 10 else (95, 80, 60)
+        bg = np.clip(np.array(tint, np.float32) + 18 * np.sin(xx / 29.0 + yy / 41.0)[..., None], 0, 255)
+        im = Image.fromarray(bg.astype(np.uint8))
+        if t < 10:       # a wide two-shot: they move toward each other
+            s = 96
+            im.paste(a.resize((s, s), Image.LANCZOS), (40 + 6 * t, 60))
+            im.paste(d.resize((s, s), Image.LANCZOS), (250 - 6 * t, 56))
+        else:            # the cut: closer, and the second person drifts out to the right
+            s = 128
+            im.paste(a.resize((s, s), Image.LANCZOS), (40, 40))
+            im.paste(d.resize((s, s), Image.LANCZOS), (220 + 8 * (t - 10), 44))
+        frames.append(im)
+    with av.open(str(OUT / "two_shot.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 384, 216, "yuv420p"
+        stream.options = {"crf": "20"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(f)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     sheet()
     shot()
     clip()
+    two_people()
+    two_shot()
     for p in sorted(OUT.iterdir()):
         print(p.relative_to(REPO), p.stat().st_size // 1024, "KB")

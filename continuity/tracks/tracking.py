@@ -335,7 +335,7 @@ def track_faces(frames, detect: Callable, *, embed: Callable | None = None, scor
     cuts = detect_cuts(frames, cut_threshold)
     emb = _Embeddings(frames, detections, embed)
     tracks = link_tracks(frames, detections, cuts, max_gap=max_gap, min_iou=min_iou, embed=embed, embeddings=emb)
-    kept = [t for t in tracks if len(t.observed) >= min_frames]
+    kept = [t for t in tracks if len(t.observed) >= min(min_frames, n)]       # a still: one frame is a track
     for k, t in enumerate(kept):
         t.id = k
     ts = TrackSet(kept, n, (int(h), int(w)), cuts, list(members or []), dropped=len(tracks) - len(kept))

@@ -85,9 +85,11 @@ def provide_inputs(base: Path, prompt: dict) -> None:
 
 
 def runnable(path: Path) -> bool:
-    """A workflow runs here unless it needs real weights that cannot be substituted by tiny ones."""
+    """A workflow runs here unless it needs real weights that cannot be substituted by tiny ones, or
+    character profiles another workflow makes first (its own test runs them in order)."""
     data = json.loads(Path(path).read_text())
-    return not any(n.get("_meta", {}).get("needs_real_models") for n in data.values())
+    return not any(n.get("_meta", {}).get("needs_real_models") or n.get("_meta", {}).get("needs_profiles")
+                   for n in data.values())
 
 
 def for_tiny_models(prompt: dict) -> dict:
