@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ContinuityError
 from ..faces import head_pose
-from ..arrays import as_float_rgb
+from ..arrays import as_float_rgb, mask_bbox
 from ..faces.base import Face, as_uint8_rgb
 from ..geometry import resize
 from ..scoring.cache import EmbeddingCache, content_hash
@@ -75,14 +75,10 @@ def visible_extent(face_box, height: int, person_mask: np.ndarray | None = None,
     x0, y0, x1, y1 = face_box
     fh = max(1.0, y1 - y0)
     bottom = float(height)
-    if person_mask is not None:
-        m = np.asarray(person_mask) > thr
-        rows = np.flatnonzero(m.any(axis=1))
-        if rows.size:
-            last = float(rows[-1] + 1)
-            # a person ending well inside the frame is shown whole (down to the feet)
-            if last < height * 0.98:
-                bottom = max(last, float(y1))
+    bb = None if person_mask is None else mask_bbox(person_mask, thr)
+    # a person ending well inside the frame is shown whole (down to the feet)
+    if bb is not None and bb[3] < height * 0.98:
+        bottom = max(float(bb[3]), float(y1))
     return (bottom - y0) / fh
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .. import geometry, video
-from ..faces.base import as_uint8_rgb
+from ..arrays import as_float_rgb, as_uint8_rgb
 from .crops import TrackCrop
 
 WORK_SIDE = 192
@@ -90,12 +90,8 @@ def _grey_crops(frames, tc: TrackCrop, side: int) -> list[np.ndarray]:
         box = tc.boxes[k]
         small = geometry.CropBox(x0=box.x0, y0=box.y0, side=box.side, target=side, height=box.height,
                                  width=box.width, pad_mode=box.pad_mode)
-        fr = frames[f]
-        a = fr.detach().cpu().numpy() if hasattr(fr, "detach") else np.asarray(fr)
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        rgb = geometry.crop_resized(a[..., :3], small, "lanczos")
-        out.append(cv2.cvtColor(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY))
+        rgb = geometry.crop_resized(as_float_rgb(frames[f]), small, "lanczos")
+        out.append(cv2.cvtColor(as_uint8_rgb(rgb), cv2.COLOR_RGB2GRAY))
     return out
 
 
