@@ -317,6 +317,8 @@ def test_restart_shows_the_true_state_of_jobs_left_running(rig, tmp_path):
             st.state, st.step, st.pid = "running", 5, pid
             st.pid_start = tl.process_start_time(pid) if pid == proc.pid else 12345
             write_status_file(j.job_dir, st.to_dict())
+        # a real orphan is not our child; reap this one at once so it does not linger as a zombie
+        threading.Thread(target=proc.wait, daemon=True).start()
         fixed = reconcile(str(jobs))
         assert sorted(fixed) == ["orphan", "stale"]
         proc.wait(15)
