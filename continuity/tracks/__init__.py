@@ -3,7 +3,9 @@ the cast), :mod:`.crops` (temporally stable crop sequences and their paste back)
 :mod:`.flicker` (identity over frames and temporal change after motion compensation)."""
 from .crops import (  # noqa: F401
     TrackCrop,
+    crop_frame,
     crop_sequence,
+    paste_frame,
     paste_sequence,
     smooth_series,
     stable_track_crop,

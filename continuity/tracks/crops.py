@@ -191,9 +191,10 @@ def _float(frame) -> np.ndarray:
 
 
 def paste_frame(frame: np.ndarray, tc: TrackCrop, k: int, crop, *, feather_percent: float = 4.5,
-                colour_match: bool = False) -> np.ndarray:
+                colour_match: bool = False, ref: np.ndarray | None = None) -> np.ndarray:
     """The frame (H, W, C) float32 with the k-th (edited) crop pasted in: only the change made to the
-    crop is pasted, blended inside the mask; outside it the frame is returned bit for bit."""
+    crop is pasted, blended inside the mask; outside it the frame is returned bit for bit. ``ref``: the
+    crop as :func:`crop_frame` cut it from this frame (saves cutting it again)."""
     frame = _float(frame)
     if not tc.masks[k].any():
         return frame
@@ -204,7 +205,8 @@ def paste_frame(frame: np.ndarray, tc: TrackCrop, k: int, crop, *, feather_perce
         new = new[..., None]
     if new.shape[:2] != (t, t):
         new = geometry.resize(new, t, t)
-    ref = geometry.crop_resized(frame, box, "lanczos")
+    if ref is None or ref.shape[:2] != (t, t):
+        ref = geometry.crop_resized(frame, box, "lanczos")
     ch = min(frame.shape[-1], new.shape[-1])
     record = geometry.StitchRecord(boxes=[box], originals=frame[None], masks=tc.full_mask(k)[None],
                                    crops=ref[None, ..., :ch])

@@ -48,7 +48,8 @@ def fix_shot(out: np.ndarray, ts: TrackSet, tracks: list[Track], crops: dict[int
             new = inpaint(crop[..., :3], mask, t, k)
             if crop.shape[-1] > 3:                    # extra channels (alpha) stay as they were
                 new = np.concatenate([np.asarray(new, np.float32), crop[..., 3:]], axis=-1)
-            out[f] = paste_frame(out[f], tc, k, new, feather_percent=feather_percent, colour_match=colour_match)
+            out[f] = paste_frame(out[f], tc, k, new, feather_percent=feather_percent, colour_match=colour_match,
+                                 ref=crop)
             n += 1
             done += 1
             if progress is not None:

@@ -9,8 +9,8 @@
   grey levels) is taken inside the face mask. What remains is change that motion does not explain:
   flicker. It is measured on the input and on the fixed frames over the same windows.
 * **Calibration**: what "stable" means comes from the unfixed input itself: a fixed track is stable
-  when its mean change is at most ``input mean + 2 x input std`` over the track's frame pairs (an
-  image model re-sampling each frame on its own typically lands well above it).
+  when its mean change is at most ``input mean + max(2 x input std, 1 grey level)`` over the track's
+  frame pairs (an image model re-sampling each frame on its own typically lands well above it).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from ..arrays import as_float_rgb, as_uint8_rgb
 from .crops import TrackCrop
 
 WORK_SIDE = 192
+STABLE_FLOOR = 1.0          # grey levels: a perfectly still input does not make every fix "flicker"
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TrackFlicker:
     @property
     def stable_limit(self) -> float | None:
         s = self._stats(self.change_before)
-        return None if s["mean"] is None else s["mean"] + 2.0 * s["std"]
+        return None if s["mean"] is None else s["mean"] + max(2.0 * s["std"], STABLE_FLOOR)
 
     @property
     def stable(self) -> bool | None:
