@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..continuity import training
+from ..continuity import store, training
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
 from . import _common
@@ -63,6 +63,16 @@ def _base_model_options() -> list[str]:
 
 def _encoder_options() -> list[str]:
     return [NONE] + sorted(set(_safetensors("text_encoders")) | set(_safetensors("clip")))
+
+
+def _known_base_model(value) -> bool:
+    """A base-model choice: 'checkpoints/x.safetensors' as the list shows it, or a plain file name in
+    one of the base-model folders (how ComfyUI's own loaders and older workflows name it)."""
+    if not isinstance(value, str):
+        return False
+    if value in _base_model_options():
+        return True
+    return value.lower().endswith(".safetensors") and any(value in _safetensors(f) for f in MODEL_FOLDERS)
 
 
 def _resolve_model(value: str, folders: tuple[str, ...], input_name: str) -> str:
@@ -273,11 +283,14 @@ class TrainLoRA(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, job_name=None, overrides=None, preset=None, base_model=None, mode=None, shot=None,
                         mask_meaning=None, clip_l=None, t5xxl=None, ae=None, continue_from=None):
-        bad = _common.validation_error(cls, {"preset": preset, "base_model": base_model, "mode": mode, "shot": shot,
+        bad = _common.validation_error(cls, {"preset": preset, "mode": mode, "shot": shot,
                                              "mask_meaning": mask_meaning, "clip_l": clip_l, "t5xxl": t5xxl, "ae": ae,
                                              "continue_from": continue_from})
         if bad is not True:
             return bad
+        for value in (base_model or [])[:1]:
+            if not _known_base_model(value):
+                return str(_common.node_error(cls, "base_model", f"{store.shown(value)} is not one of the choices"))
         for value in (job_name or [])[:1]:
             try:
                 training.check_job_name(value)

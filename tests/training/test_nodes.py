@@ -242,3 +242,11 @@ def test_dataset_version_masks_unused_warning_and_resume_status(comfy, env):
     # Training Status after a wait-mode run shows the finished job (status.json is written in wait mode too)
     r = comfy.run({"1": {"class_type": "ContinuityTrainingStatus", "inputs": {"job_id": "ds_job", "cancel": False}}})
     assert r.value("1", 0) == "finished" and r.value("1", 3) == "ds_job/ds_job.safetensors"
+
+
+def test_base_model_plain_file_name_accepted_unknown_refused(comfy, env):
+    _, folder, _ = env
+    res = comfy.run(_prompt(folder, "bare_name_job", base_model="base_sdxl.safetensors", epochs=1))
+    assert res.value("2", 1) == "bare_name_job/bare_name_job.safetensors"
+    ok, err, _, node_errors = comfy.validate(_prompt(folder, "unknown_model_job", base_model="nope.safetensors"))
+    assert not ok and "base_model" in str(node_errors) and "not one of the choices" in str(node_errors)
