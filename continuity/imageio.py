@@ -87,7 +87,10 @@ def image_size(path: str, *, input: str | None = None) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ContinuityError(f"image {ascii(os.path.basename(path))} is larger than the largest side allowed "
+                              f"({MAX_SIDE})", input=input) from None
+    except (OSError, ValueError):
         raise ContinuityError(f"cannot read image {os.path.basename(path)!a}: not an image file or damaged",
                               input=input) from None
 
@@ -107,7 +110,10 @@ def load_image(path: str, *, max_side: int | None = None, max_pixels: int | None
                 raise ContinuityError(f"image {shown} {problem}", input=input)
             img.load()
             return pil_to_rgb_and_mask(img)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        raise ContinuityError(f"image {shown} is larger than the largest side allowed ({max_side}) or "
+                              f"{max_pixels} pixels", input=input) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         if isinstance(exc, ContinuityError):
             raise
         raise ContinuityError(f"cannot read image {shown}: not an image file or damaged ({type(exc).__name__})",

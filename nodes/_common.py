@@ -104,6 +104,7 @@ def reports_errors(default_input: str | None = None):
         def wrapper(cls, *args, **kwargs):
             with user_errors(cls, default_input):
                 check_texts(kwargs)
+                check_numbers(cls, kwargs)
                 return fn(cls, *args, **kwargs)
         return wrapper
     return deco
@@ -114,6 +115,26 @@ def _declared_input(cls, name: str):
         if inp.id == name:
             return inp
     return None
+
+
+def check_numbers(cls, values: dict) -> None:
+    """Numbers that reach ``execute`` through a link (ComfyUI checks only widget values) must still be
+    inside their input's declared min/max."""
+    numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               or (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))}
+    if not numbers:
+        return
+    declared = {inp.id: inp for inp in cls.define_schema().inputs or []}
+    for name, value in numbers.items():
+        inp = declared.get(name)
+        if inp is None or getattr(inp, "options", None) is not None:
+            continue
+        lo, hi = getattr(inp, "min", None), getattr(inp, "max", None)
+        for v in (value if isinstance(value, list) else [value]):
+            if lo is not None and v < lo:
+                raise ContinuityError(f"{v} is smaller than the minimum {lo}", input=name)
+            if hi is not None and v > hi:
+                raise ContinuityError(f"{v} is larger than the maximum {hi}", input=name)
 
 
 def declared_problem(cls, name: str, value) -> str | None:

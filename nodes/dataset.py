@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..continuity import imageio, store
+from ..continuity import imageio, limits, store
 from ..continuity.arrays import as_float_rgb, as_uint8_rgb
 from ..continuity.geometry import resize
 from ..continuity.dataset import versions as vs
@@ -253,7 +253,10 @@ class CutCompositeSheet(io.ComfyNode):
         from ..continuity.dataset import sheet as sheetlib
         from ..continuity.dataset import square as sq
         out_images, records = [], []
-        for si, img in enumerate(_common.split_images(sheet)):
+        sheets = _common.split_images(sheet)
+        limits.check_images(sheets, input="sheet", max_pixels=limits.MAX_SHEET_PIXELS, what="sheet")
+        made = 0
+        for si, img in enumerate(sheets):
             _interrupt()
             u8 = as_uint8_rgb(img)
             rgb = as_float_rgb(img)
@@ -271,6 +274,8 @@ class CutCompositeSheet(io.ComfyNode):
                     box = sq.square_panel_box(p.box, face_box)
                 x0, y0, x1, y1 = box
                 crop = rgb[y0:y1, x0:x1]
+                made += (size * size) if size > 0 else crop.shape[0] * crop.shape[1]
+                limits.check_total(made, input="size")
                 if size > 0 and (crop.shape[0] != size or crop.shape[1] != size):
                     s = size / max(crop.shape[:2])
                     th, tw = (size, size) if square else (max(1, round(crop.shape[0] * s)),
@@ -327,6 +332,9 @@ class SquareAndResize(io.ComfyNode):
     def execute(cls, images, size, mode, max_upscale, use_person_mask, masks=None, face_model=None) -> io.NodeOutput:
         from ..continuity.dataset import square as sq
         imgs = _common.split_images(images)
+        limits.check_images(imgs, input="images")
+        limits.check_output(len(imgs), size, size, input="size",
+                            input_pixels=sum(int(t.shape[0]) * int(t.shape[1]) for t in imgs))
         mlist = _common.split_masks(masks)
         if mlist and len(mlist) not in (1, len(imgs)):
             raise ContinuityError(f"{len(mlist)} masks for {len(imgs)} images", input="masks")
@@ -415,7 +423,10 @@ class DatasetAudit(io.ComfyNode):
         import comfy.utils
         from ..continuity.dataset import audit as au
         from ..continuity.faces import embedders
-        imgs = [as_uint8_rgb(t) for t in _common.split_images(images)]
+        split = _common.split_images(images)
+        limits.check_images(split, input="images")
+        imgs = [as_uint8_rgb(t) for t in split]
+        del split
         if not imgs:
             raise ContinuityError("no images", input="images")
         names = list(filenames or [])

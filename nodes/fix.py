@@ -13,7 +13,7 @@ from comfy_api.latest import io
 import comfy.model_management
 import comfy.samplers
 
-from ..continuity import geometry
+from ..continuity import geometry, limits
 from ..continuity.character.prompting import with_character
 from ..continuity.errors import ContinuityError
 from . import _common
@@ -193,6 +193,9 @@ class CropForInpaint(io.ComfyNode):
     def execute(cls, image, mask, context, min_size, target_size, padding) -> io.NodeOutput:
         if target_size % 64:
             raise ContinuityError(f"target_size {target_size} is not a multiple of 64", input="target_size")
+        b, h, w = (int(v) for v in image.shape[:3])
+        limits.check_image((h, w), input="image", max_pixels=limits.MAX_WORK_PIXELS)
+        limits.check_output(b, target_size, target_size, input="target_size", input_pixels=b * h * w)
         crops, cmasks, record = geometry.crop_for_inpaint(image, mask, context=context, min_size=min_size,
                                                           target=target_size, pad_mode=padding)
         return io.NodeOutput(torch.from_numpy(crops), torch.from_numpy(cmasks), record)

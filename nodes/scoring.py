@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..continuity import limits
 from ..continuity.errors import ContinuityError, MissingModelError
 from ..continuity.faces import embedders
 from ..continuity.faces.base import as_uint8_rgb
@@ -35,8 +36,11 @@ def _interrupt():
     mm.throw_exception_if_processing_interrupted()
 
 
-def to_uint8_list(images) -> list[np.ndarray]:
-    return [as_uint8_rgb(t.detach().cpu().numpy()) for t in _common.split_images(images)]
+def to_uint8_list(images, input: str = "images") -> list[np.ndarray]:
+    """The images as uint8 arrays, each within the analysis bounds (continuity.limits) or refused naming ``input``."""
+    split = _common.split_images(images)
+    limits.check_images(split, input=input)
+    return [as_uint8_rgb(t.detach().cpu().numpy()) for t in split]
 
 
 def resolve_embedders(model: str) -> tuple[list, dict[str, str]]:
@@ -78,7 +82,7 @@ def references_for(char, references, *, node: str = "this node") -> tuple[list[n
         if not references:
             raise ContinuityError(f"the profile '{char.name}' has no reference portraits; add some with Save "
                                   "Character or connect references", input="character")
-    refs = to_uint8_list(references) if references is not None else []
+    refs = to_uint8_list(references, "references") if references is not None else []
     if not refs:
         raise ContinuityError(f"{node} needs reference portraits: connect references or a character "
                               "(Load Character)", input="references")
@@ -198,7 +202,7 @@ class FaceSimilarity(io.ComfyNode):
         refs, char_ref_names = references_for(char, references, node="Face Similarity")
         if char_ref_names is not None:
             reference_names = char_ref_names
-        cands = to_uint8_list(candidates)
+        cands = to_uint8_list(candidates, "candidates")
         masks = [m.detach().cpu().numpy() for m in _common.split_masks(candidate_masks)] if candidate_masks else None
         if policy == "in_mask" and not masks:
             raise ContinuityError("face_policy in_mask needs candidate_masks", input="candidate_masks")
@@ -598,7 +602,8 @@ class CalibrateIdentityModel(io.ComfyNode):
 
         def load(n):
             p = confine(os.path.join(root, n), [root], input="pairs_file", kind="file")
-            return load_image(p)[0]
+            return load_image(p, max_side=limits.MAX_WORK_SIDE, max_pixels=limits.MAX_WORK_PIXELS,
+                              input="pairs_file")[0]
 
         try:
             pairs = calibration.read_pairs(csv_path)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ContinuityError
+from ..limits import MAX_CONTACT_THUMBS
 from ..faces import head_pose
 from ..arrays import as_float_rgb, mask_bbox
 from ..faces.base import Face, as_uint8_rgb
@@ -366,8 +367,14 @@ def _thumbnail(img, box: int) -> np.ndarray:
     return resize(rgb, max(1, round(h * s)), max(1, round(w * s)))
 
 
-def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 192, columns: int = 0) -> np.ndarray:
-    """Thumbnails with their labels; red frame on images with issues."""
+def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 192, columns: int = 0,
+                  max_thumbs: int = MAX_CONTACT_THUMBS) -> np.ndarray:
+    """Thumbnails with their labels; red frame on images with issues. Built in uint8; at most
+    ``max_thumbs`` images are shown (those with issues first, then in order), so the sheet's size is
+    bounded whatever the number of images."""
+    order = sorted(range(len(images)), key=lambda k: (not result.images[k].issues, k))[:max_thumbs]
+    images = [images[k] for k in order]
+    rows_in = [result.images[k] for k in order]
     n = len(images)
     if n == 0:
         return np.zeros((thumb, thumb, 3), np.float32)
@@ -378,7 +385,7 @@ def contact_sheet(images: list[np.ndarray], result: AuditResult, thumb: int = 19
     sheet = Image.new("RGB", (W, H), (30, 30, 30))
     d = ImageDraw.Draw(sheet)
     f = _font(max(9, thumb // 16))
-    for k, (img, r) in enumerate(zip(images, result.images)):
+    for k, (img, r) in enumerate(zip(images, rows_in)):
         t = Image.fromarray(as_uint8_rgb(_thumbnail(img, thumb - 6)))
         x = (k % cols) * thumb
         y = (k // cols) * (thumb + label_h)

@@ -8,6 +8,10 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import ContinuityError
+from ..limits import MAX_TEXT_FILE_BYTES
+
+#: distinct images one pairs file may name (each is decoded once and kept for the scoring)
+MAX_PAIR_IMAGES = 2000
 
 
 def roc_auc(scores, labels) -> float:
@@ -29,10 +33,16 @@ def accuracy_at(scores, labels, threshold: float) -> float:
 
 def read_pairs(csv_path: str) -> list[tuple[str, str, bool]]:
     """``file_x,file_y,Decision`` rows (Decision Yes/No, as DeepFace's test set has it)."""
+    if os.path.getsize(csv_path) > MAX_TEXT_FILE_BYTES:
+        raise ContinuityError(f"the pairs file is larger than {MAX_TEXT_FILE_BYTES} bytes", input="pairs_file")
     out = []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as fh:
         for row in csv.DictReader(fh):
             out.append((row["file_x"], row["file_y"], row["Decision"].strip().lower() in ("yes", "1", "true")))
+    names = {p[0] for p in out} | {p[1] for p in out}
+    if len(names) > MAX_PAIR_IMAGES:
+        raise ContinuityError(f"the pairs name {len(names)} images; at most {MAX_PAIR_IMAGES} are read",
+                              input="pairs_file")
     return out
 
 

@@ -355,3 +355,59 @@ def test_caption_files_are_size_capped(server, sentinels):
                      "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
             "Load Image Folder", "caption_extension")
     still_serves(server)
+
+
+# --------------------------------------------------------------------------- resource bounds
+
+def _empty(w, h, n=1):
+    return {"class_type": "EmptyImage", "inputs": {"width": w, "height": h, "batch_size": n, "color": 0}}
+
+
+def test_resource_bounds_are_refused_before_allocating(server, sentinels):
+    # a sheet wider than the cutting cap (tiny in pixels: the refusal is by side, from the shape)
+    refused(server, {"1": _empty(8200, 8), "2": {"class_type": "ContinuityCutCompositeSheet",
+                                                   "inputs": {"sheet": ["1", 0], "method": "gutters", "square": True,
+                                                              "size": 64, "drop_faceless": False}},
+                     "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}},
+            "Cut Composite Sheet", "sheet")
+    # 64 tiny images squared to 8192 would be 4.3 G pixels: refused from the count before any is made
+    refused(server, {"1": _empty(8, 8, 64), "2": {"class_type": "ContinuitySquareAndResize",
+                                                    "inputs": {"images": ["1", 0], "size": 8192, "mode": "pad",
+                                                               "max_upscale": 16.0, "use_person_mask": False}},
+                     "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}},
+            "Square and Resize", "size")
+    refused(server, {"1": _empty(8200, 8), "2": {"class_type": "ContinuityDatasetAudit",
+                                                   "inputs": {"images": ["1", 0], "identity_model": "none",
+                                                              "min_side": 64, "min_count": 1, "yaw_threshold": 20.0,
+                                                              "pitch_threshold": 25.0, "use_person_mask": False}},
+                     "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}},
+            "Dataset Audit", "images")
+    crop = {"1": _empty(8, 8, 16), "2": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}},
+            "3": {"class_type": "ContinuityCropForInpaint",
+                  "inputs": {"image": ["1", 0], "mask": ["2", 0], "context": 1.5, "min_size": 8, "target_size": 4096,
+                             "padding": "edge"}},
+            "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}}
+    refused(server, crop, "Crop For Inpaint", "target_size")
+    # a negative size through a link (ComfyUI checks only widget values) is refused cleanly at execution
+    crop["1"] = _empty(8, 8, 1)
+    crop["5"] = {"class_type": "PrimitiveInt", "inputs": {"value": -64}}
+    crop["3"]["inputs"]["target_size"] = ["5", 0]
+    refused(server, crop, "Crop For Inpaint", "target_size")
+    still_serves(server)
+
+
+def test_image_files_are_size_checked_from_their_header(server, sentinels):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    upload(server, "bomb.png", bomb, type_="input", subfolder="atk_bomb")
+    refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                           "inputs": {"folder": "atk_bomb", "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                                      "caption_extension": ".txt"}},
+                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
+            "Load Image Folder", "folder")
+    still_serves(server)
