@@ -96,6 +96,8 @@ def pose_class(yaw: float, pitch: float, yaw_threshold: float = 20.0, pitch_thre
 
 
 def dhash(rgb: np.ndarray, size: int = 8) -> int:
+    """The difference hash of the image: the standard 8-bit grey PIL recipe, so that hashes compare
+    with other tools' (an analysis value, not pixels anyone sees: the pack's resampling is geometry.resize)."""
     grey = Image.fromarray(as_uint8_rgb(rgb)).convert("L").resize((size + 1, size), Image.Resampling.BILINEAR)
     a = np.asarray(grey, np.int16)
     bits = (a[:, 1:] > a[:, :-1]).flatten()
@@ -128,6 +130,7 @@ def _analyse(rgb: np.ndarray, detector, embedder, opt: AuditOptions, person_mask
         return hit
     h, w = u8.shape[:2]
     s = min(1.0, opt.analysis_side / max(h, w))
+    # the detectors' 8-bit working copy; nothing resized here is ever output
     work = u8 if s >= 1.0 else np.asarray(Image.fromarray(u8).resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR))
     faces = detector.detect(work) if detector is not None else []
     mask = person_mask_fn(work) if (opt.use_person_mask and person_mask_fn is not None and faces) else None
