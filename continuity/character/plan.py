@@ -146,11 +146,13 @@ class Item:
 
 
 def select_subset(dataset_dir: str, patterns: list[str], *, caption_extension: str = ".txt") -> list[Item]:
-    """The images of ``dataset_dir`` whose folder matches one of ``patterns`` (natural order)."""
+    """The images of ``dataset_dir`` whose folder matches one of ``patterns`` (natural order); a file
+    or sub-folder that is a link out of ``dataset_dir`` is refused."""
     if not os.path.isdir(dataset_dir):
-        raise ContinuityError(f"the dataset folder {dataset_dir} does not exist", input="dataset")
+        raise ContinuityError(f"the dataset folder {ascii(os.path.basename(dataset_dir))} does not exist",
+                              input="dataset")
     out = []
-    for rel in list_images(dataset_dir, recursive=True):
+    for rel in list_images(dataset_dir, recursive=True, roots=[dataset_dir], input="dataset"):
         rel_u = rel.replace(os.sep, "/")
         folder = os.path.dirname(rel_u) or "."
         if any(p == "*" or fnmatch.fnmatchcase(folder, p) or fnmatch.fnmatchcase(folder.split("/")[0], p)
@@ -162,7 +164,8 @@ def select_subset(dataset_dir: str, patterns: list[str], *, caption_extension: s
 
 def subset_folders(dataset_dir: str) -> list[str]:
     """Sub-folders of a dataset that hold images (for messages)."""
-    return sorted({os.path.dirname(r.replace(os.sep, "/")) or "." for r in list_images(dataset_dir, recursive=True)},
+    return sorted({os.path.dirname(r.replace(os.sep, "/")) or "."
+                   for r in list_images(dataset_dir, recursive=True, roots=[dataset_dir], input="dataset")},
                   key=natural_key)
 
 

@@ -46,6 +46,21 @@ def test_select_subset(tmp_path):
     assert planlib.select_subset(d, ["full_body"]) == []
 
 
+def test_select_subset_refuses_links_out_of_the_dataset(tmp_path):
+    d = _dataset(str(tmp_path / "ds"), {".": 1, "closeup": 1})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    os.symlink(outside / "secret.png", os.path.join(d, "closeup", "9.png"))
+    with pytest.raises(ContinuityError, match="outside the allowed folders") as err:
+        planlib.select_subset(d, ["closeup"])
+    assert err.value.input == "dataset" and str(tmp_path) not in str(err.value)
+    os.unlink(os.path.join(d, "closeup", "9.png"))
+    os.symlink(outside, os.path.join(d, "portrait"), target_is_directory=True)
+    with pytest.raises(ContinuityError, match="outside"):
+        planlib.select_subset(d, ["*"])
+
+
 class FakeLauncher:
     """Records jobs; 'fails' names the stage that fails."""
 
