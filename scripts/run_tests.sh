@@ -32,6 +32,9 @@ t0=$(date +%s)
 "$VENV/bin/mypy"
 echo "lint and types clean in $(( $(date +%s) - t0 )) s"
 
+# Static scan for custom nodes (nodesafe from PyPI) as a report: printed, JSON kept, never fails the run.
+"$VENV/bin/python" "$REPO/scripts/nodesafe_report.py" --out "${CONTINUITY_ARTIFACTS:-$REPO/test-artifacts}/nodesafe.json" || true
+
 t0=$(date +%s)
 set +e
 "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -22,6 +22,7 @@ from typing import Any
 from .schema import StoreError
 
 SECRET_FILE = "store.key"
+KEY_BYTES = 32
 SIGNATURE_FIELD = "signature"
 _PREFIX = "hmac-sha256:"
 ENV_KEY_DIR = "CONTINUITY_KEY_DIR"
@@ -51,10 +52,9 @@ def _read_secret(path: str) -> bytes:
     if st.st_mode & 0o077:
         os.chmod(path, 0o600)  # a secret others can read is no secret: tighten it (we own it)
     with open(path, "rb") as fh:
-        raw = fh.read(200).strip()
-    key = bytes.fromhex(raw.decode("ascii"))
-    if len(key) < 32:
-        raise ValueError("short key")
+        key = fh.read(KEY_BYTES + 1)
+    if len(key) != KEY_BYTES:
+        raise ValueError("not a key")
     return key
 
 
@@ -70,7 +70,7 @@ def secret() -> bytes:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=folder)  # mkstemp creates 0600
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(secrets.token_bytes(32).hex().encode("ascii") + b"\n")
+                    fh.write(secrets.token_bytes(KEY_BYTES))
                     fh.flush()
                     os.fsync(fh.fileno())
                 try:
