@@ -244,6 +244,7 @@ def _states_schema(data) -> dict:
     for name, rec in data.items():
         if not (isinstance(name, str) and _STATE_RE.match(name) and isinstance(rec, dict)
                 and records.is_int(rec.get("step")) and isinstance(rec.get("files"), dict)
+                and set(rec) <= {"step", "files", "total"} and records.opt(records.is_int)(rec.get("total"))
                 and all(isinstance(k, str) and "/" not in k and k not in (".", "..") and isinstance(v, str)
                         for k, v in rec["files"].items())):
             raise records.RecordError("states.json has an unexpected entry", input="job_name")
@@ -269,7 +270,7 @@ def latest_state(job: TrainJob) -> str | None:
     return states[-1] if states else None
 
 
-def _hash_new_states(job: TrainJob, labels: list[str]) -> None:
+def _hash_new_states(job: TrainJob, labels: list[str], total: int | None = None) -> None:
     """Hash the state folders announced by this run's 'saving checkpoint' lines into states.json."""
     if not labels:
         return
@@ -288,7 +289,7 @@ def _hash_new_states(job: TrainJob, labels: list[str]) -> None:
             continue                     # not (yet) complete: not resumable
         if not records.is_int(step):
             continue
-        recs[name] = {"step": step, "files": files}
+        recs[name] = {"step": step, "files": files, "total": total}
         changed = True
     if changed:
         records.write_signed(os.path.join(job.job_dir, STATES_FILE), "states.json", recs, job_id=job.job_id)
@@ -303,6 +304,12 @@ def _stage_state(job: TrainJob, run_dir: str) -> tuple[str, int]:
                               "periodic save)", input="resume")
     name = os.path.relpath(state, job.output_dir).replace(os.sep, "/")
     rec = recs[name]
+    total = rec.get("total") or job.total_steps      # the trainer's own count, when it printed it
+    if total and rec["step"] >= total:
+        # sd-scripts asserts max_train_steps > the state's step
+        raise ContinuityError(f"the latest state ({os.path.basename(state)}) is at the last step "
+                              f"({rec['step']}/{total}): there is nothing left to train; its LoRA is "
+                              f"{name[:-len('-state')]}.safetensors in the job's out/ folder", input="resume")
     present = sorted(f for f in os.listdir(state) if os.path.isfile(os.path.join(state, f)))
     if present != sorted(rec["files"]):
         raise ContinuityError(f"the saved state {name} was changed after training wrote it; it is not used",
@@ -371,7 +378,7 @@ def _kill_group(proc: Popen, grace: tuple[float, float]) -> None:
             pass
 
 
-def _kill_group_pid(pgid: int, grace: tuple[float, float] = (10.0, 5.0)) -> None:
+def stop_process_group(pgid: int, grace: tuple[float, float] = (10.0, 5.0)) -> None:
     """Stop a process group this process did not start (a trainer left by a previous server)."""
     for sig, wait in ((signal.SIGINT, grace[0]), (signal.SIGTERM, grace[1]), (signal.SIGKILL, 5.0)):
         try:
@@ -548,7 +555,7 @@ def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on
             run.log.write(f"\n# exit code {proc.returncode}\n")
             run.log.close()
         try:
-            _hash_new_states(job, run.labels)
+            _hash_new_states(job, run.labels, run.total_line)
         except (ContinuityError, OSError):
             pass  # a damaged states.json: these states are simply not resumable
     return _finish(job, proc.returncode, cancelled, run, log_path)

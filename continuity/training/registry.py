@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ..errors import ContinuityError
 from . import records
-from .launcher import (TrainingCancelled, TrainJob, _kill_group_pid, launch, process_start_time,
+from .launcher import (TrainingCancelled, TrainJob, stop_process_group, launch, process_start_time,
                        stop_all_trainers)
 from .progress import Progress
 
@@ -282,7 +282,7 @@ def reconcile(jobs_root: str, registry: JobRegistry | None = None) -> list[str]:
         pid, start = st.get("pid"), st.get("pid_start")
         alive = bool(pid and start and process_start_time(pid) == start)
         if alive and pid:
-            _kill_group_pid(pid)
+            stop_process_group(pid)
         st.update(state="stopped", pid=None, pid_start=None, updated=time.time(),
                   error=("the server was restarted while this job trained; its trainer was stopped. "
                          if alive else "the server stopped while this job trained. ")

@@ -466,3 +466,15 @@ def test_resume_of_a_resumed_run_continues_from_its_own_state(rig):
     assert steps[0] == 6 and steps[-1] == 12
     assert [p[0] for p in final["losses"]] == list(range(1, 13))
     assert os.path.isfile(job.lora_path)
+
+
+def test_resume_from_a_state_at_the_last_step_is_refused_up_front(rig):
+    sd_root, make, _, _ = rig
+    job = make(name="lastone", overrides={"max_train_steps": 4, "save_every_n_steps": 2})
+    _fake_trainer.set_control(sd_root, {"no_output_file": True})     # the run died before the final save
+    with pytest.raises(TrainingFailed):
+        launch(job)
+    runs = len(_fake_trainer.invocations(sd_root))
+    with pytest.raises(ContinuityError, match="nothing left to train"):
+        launch(job, resume=True)
+    assert len(_fake_trainer.invocations(sd_root)) == runs

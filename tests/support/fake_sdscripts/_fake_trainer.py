@@ -288,6 +288,9 @@ def main(script):
         with open(os.path.join(args.resume, "train_state.json")) as fh:
             saved = int(json.load(fh)["current_step"])
         print(f"resume training from local state: {args.resume}", flush=True)
+        if saved > 0:
+            assert total > saved, ("max_train_steps should be greater than initial step / max_train_stepsは初期ステップより"
+                                   f"大きい必要があります: {total} vs {saved}")
     print(f"running training / 学習開始\n  num train images * repeats / 学習画像の数×繰り返し回数: {n_train}\n"
           f"  num reg images / 正則化画像の数: {n_reg}\n  num batches per epoch / 1epochのバッチ数: {per_epoch}\n"
           f"  num epochs / epoch数: {epochs}\n  total optimization steps / 学習ステップ数: {total}", flush=True)
