@@ -270,13 +270,13 @@ def latest_state(job: TrainJob) -> str | None:
     return states[-1] if states else None
 
 
-def _hash_new_states(job: TrainJob, labels: list[str], total: int | None = None) -> None:
+def _hash_new_states(job: TrainJob, labels: list[tuple[str, int]], total: int | None = None) -> None:
     """Hash the state folders announced by this run's 'saving checkpoint' lines into states.json."""
     if not labels:
         return
     recs = saved_states(job)
     changed = False
-    for label in labels:
+    for label, seen_step in labels:
         prefix, _, tail = label.rpartition("/")
         name = (prefix + "/" if prefix else "") + f"{job.output_name}-{tail}-state"
         folder = os.path.join(job.output_dir, name)
@@ -289,6 +289,8 @@ def _hash_new_states(job: TrainJob, labels: list[str], total: int | None = None)
             continue                     # not (yet) complete: not resumable
         if not records.is_int(step):
             continue
+        # the absolute step: a resumed run's trainer may count its own steps from less than the state's
+        step = max(step, seen_step)
         recs[name] = {"step": step, "files": files, "total": total}
         changed = True
     if changed:
@@ -424,7 +426,8 @@ class _Run:
         self.lock = threading.Lock()
         self.log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by _run
         self.total_line: int | None = None
-        self.labels: list[str] = []
+        self.labels: list[tuple[str, int]] = []
+        self.last_step = offset
 
     def pump(self, stream) -> None:
         splitter = LineSplitter()
@@ -454,13 +457,15 @@ class _Run:
             m = _CKPT_RE.search(ev.checkpoint)
             if m:
                 with self.lock:
-                    self.labels.append(self.prefix + m.group(1))
+                    self.labels.append((self.prefix + m.group(1), self.last_step))
             ev.checkpoint = os.path.basename(ev.checkpoint)
-        elif ev.kind == "step" and self.offset and ev.step is not None:
-            # a resumed run's bar counts only the steps it trains: report absolute steps and the
-            # run's own total (its "total optimization steps" line, i.e. the original total)
-            ev.step += self.offset
-            ev.total = self.total_line or ((ev.total or 0) + self.offset)
+        elif ev.kind == "step" and ev.step is not None:
+            if self.offset:
+                # a resumed run's bar counts only the steps it trains: report absolute steps and the
+                # run's own total (its "total optimization steps" line, i.e. the original total)
+                ev.step += self.offset
+                ev.total = self.total_line or ((ev.total or 0) + self.offset)
+            self.last_step = ev.step
         if self.on_progress is not None:
             try:
                 self.on_progress(ev)
