@@ -1,6 +1,7 @@
 """Train LoRA / Training Status nodes in the in-process ComfyUI, driving the fake sd-scripts."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -250,3 +251,19 @@ def test_base_model_plain_file_name_accepted_unknown_refused(comfy, env):
     assert res.value("2", 1) == "bare_name_job/bare_name_job.safetensors"
     ok, err, _, node_errors = comfy.validate(_prompt(folder, "unknown_model_job", base_model="nope.safetensors"))
     assert not ok and "base_model" in str(node_errors) and "not one of the choices" in str(node_errors)
+
+
+def test_status_shown_to_others_has_no_log_tail_or_server_path(comfy, env):
+    sd_root, folder, _ = env
+    _fake_trainer.set_control(sd_root, {"fail_at_step": 2})
+    comfy.run(_prompt(folder, "tail_job", mode="background", epochs=1))
+    from importlib import import_module
+    tmod = import_module(comfy.pack_module.__name__ + ".continuity.training")
+    nmod = import_module(comfy.pack_module.__name__ + ".nodes.training")
+    assert tmod.REGISTRY.wait("tail_job", 60)["state"] == "failed"
+    for st in (nmod.job_status("tail_job"), comfy.run(
+            {"1": {"class_type": "ContinuityTrainingStatus", "inputs": {"job_id": "tail_job", "cancel": False}}}
+    ).ui["1"]["continuity_train"][0]):
+        text = json.dumps(st)
+        assert "exited with code 1" in text and "CUDA out of memory" not in text, "no log tail for other clients"
+        assert str(comfy.base) not in text and "pid" not in st
