@@ -3,10 +3,15 @@ bounding box of a mask. (Resampling has one definition too: ``continuity.geometr
 Lanczos-3 that never rounds to 8 bits.)"""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+#: an image or mask: a numpy array or a torch tensor (CPU or not), float [0, 1] or uint8
+ImageLike = Any
 
-def _numpy(image) -> np.ndarray:
+
+def _numpy(image: ImageLike) -> np.ndarray:
     if hasattr(image, "detach"):  # a torch tensor (ComfyUI's IMAGE/MASK), without importing torch
         image = image.detach().cpu().numpy()
     return np.asarray(image)
@@ -22,7 +27,7 @@ def _three_channels(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def as_uint8_rgb(image) -> np.ndarray:
+def as_uint8_rgb(image: ImageLike) -> np.ndarray:
     """Float [0, 1] or uint8; grey (H, W), (H, W, 1), RGB or RGBA -> contiguous uint8 (H, W, 3),
     rounded to the nearest level (values outside [0, 1] are clipped)."""
     arr = _three_channels(_numpy(image))
@@ -31,12 +36,12 @@ def as_uint8_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def as_uint8_mask(mask) -> np.ndarray:
+def as_uint8_mask(mask: ImageLike) -> np.ndarray:
     """A float [0, 1] mask (H, W) -> uint8 0-255, rounded to the nearest level, clipped."""
     return np.clip(np.rint(np.asarray(_numpy(mask), np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def as_float_rgb(image) -> np.ndarray:
+def as_float_rgb(image: ImageLike) -> np.ndarray:
     """Float [0, 1] or uint8; grey, RGB or RGBA -> contiguous float32 (H, W, 3) in [0, 1] (uint8 / 255)."""
     arr = _three_channels(_numpy(image))
     if arr.dtype == np.uint8:
@@ -44,7 +49,7 @@ def as_float_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def mask_bbox(mask, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
+def mask_bbox(mask: ImageLike, threshold: float = 0.0) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1), end-exclusive, of the pixels above ``threshold``; None if there are none."""
     m = _numpy(mask) > threshold
     rows = np.flatnonzero(m.any(axis=1))

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -97,7 +97,7 @@ def existing_versions(folder: str) -> list[int]:
 
 
 @contextmanager
-def new_folder(final_path: str):
+def new_folder(final_path: str) -> Iterator[str]:
     """Build a folder under a temporary name and move it into place only when complete.
 
     Raises ``FileExistsError`` if ``final_path`` exists (before or after the build): an existing
