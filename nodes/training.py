@@ -181,6 +181,7 @@ def _configure_core() -> None:
     server, and jobs a previous server left running shown as they are."""
     training.install_shutdown_hooks()
     try:
+        training.clean_private_runs()
         fixed = training.reconcile(jobs_root(), training.REGISTRY)
         if fixed:
             log.warning("Continuity: training jobs left running by a previous server are now 'stopped': %s",

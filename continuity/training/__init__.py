@@ -28,7 +28,8 @@ Core API (used by ``nodes/training.py`` and by multi-stage plans such as the cha
   list alone (checked against ``contract_v0.10.1.json``).
 * ``write_dataset(stage_dir, final_dir, images=..., masks=..., ...)`` writes RGBA PNGs
   (alpha = the mask, 1 = train here), captions and ``dataset.toml``.
-* ``Progress`` events: kind "step" (step, total, loss, eta_s), "epoch", "checkpoint".
+* ``Progress`` events: kind "step" (step, total, loss, eta_s), "epoch", "checkpoint", "total" (the
+  trainer's own step count).
 * Job folder: ``<jobs_root>/<job>/{img,reg,dataset.toml,job.json,states.json,out/,logs/run.log,status.json}``;
   the final LoRA is moved to ``<loras_root>/<job>/<job>.safetensors``.
 """
@@ -37,8 +38,8 @@ from .command import (EXTRA_OPTIMIZERS, OPTIMIZERS, OVERRIDABLE, BuiltCommand, P
                       resolve_settings)
 from .config import SdScripts, SdScriptsNotConfigured, load_sd_scripts
 from .dataset import DatasetWritten, write_dataset
-from .launcher import (TrainingCancelled, TrainingFailed, TrainJob, create_job, find_states, latest_state, launch,
-                       load_job, resume_argv, stop_all_trainers)
+from .launcher import (TrainingCancelled, TrainingFailed, TrainJob, clean_private_runs, create_job, find_states,
+                       latest_state, launch, load_job, resume_argv, stop_all_trainers)
 from .progress import LineSplitter, Progress, parse_line
 from .records import RecordError, configure
 from .registry import REGISTRY, JobRegistry, install_shutdown_hooks, read_status_file, reconcile
@@ -47,7 +48,7 @@ __all__ = [
     "EXTRA_OPTIMIZERS", "OPTIMIZERS", "OVERRIDABLE", "BuiltCommand", "Preset", "build_command",
     "check_against_contract", "check_job_name", "list_presets", "load_preset", "parse_overrides", "resolve_settings",
     "SdScripts", "SdScriptsNotConfigured", "load_sd_scripts", "DatasetWritten", "write_dataset",
-    "TrainingCancelled", "TrainingFailed", "TrainJob", "create_job", "find_states", "latest_state", "launch",
+    "TrainingCancelled", "TrainingFailed", "TrainJob", "clean_private_runs", "create_job", "find_states", "latest_state", "launch",
     "load_job", "resume_argv", "stop_all_trainers", "LineSplitter", "Progress", "parse_line", "RecordError",
     "configure", "REGISTRY", "JobRegistry", "install_shutdown_hooks", "read_status_file", "reconcile",
 ]

@@ -476,7 +476,21 @@ class _Run:
 def _private_run_dir(job: TrainJob) -> str:
     runs = os.path.join(records.private_dir(), "runs")
     os.makedirs(runs, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{job.job_id}-", dir=runs)
+    return tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.job_id}-", dir=runs)
+
+
+def clean_private_runs() -> list[str]:
+    """Remove per-run private copies left by servers that are gone (a state copy can be large);
+    copies of a live server (two servers may share one base folder) are kept."""
+    runs = os.path.join(records.private_dir(), "runs")
+    removed = []
+    for name in os.listdir(runs) if os.path.isdir(runs) else []:
+        pid = name.split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or process_start_time(int(pid)) is not None):
+            continue
+        shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def launch(job: TrainJob, on_progress: Callable[[Progress], None] | None = None, cancel_event=None, *,

@@ -478,3 +478,16 @@ def test_resume_from_a_state_at_the_last_step_is_refused_up_front(rig):
     with pytest.raises(ContinuityError, match="nothing left to train"):
         launch(job, resume=True)
     assert len(_fake_trainer.invocations(sd_root)) == runs
+
+
+def test_private_copies_of_gone_servers_are_cleaned(rig):
+    from continuity.training import clean_private_runs, records
+    runs = Path(records.private_dir()) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    gone, mine = runs / "999999-job-abc", runs / f"{os.getpid()}-job-def"
+    gone.mkdir()
+    mine.mkdir()
+    (gone / "optimizer.bin").write_bytes(b"x")
+    removed = clean_private_runs()
+    assert "999999-job-abc" in removed and not gone.exists() and mine.is_dir()
+    mine.rmdir()
