@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 
 from .errors import PathError
+from .store.text import shown, text_problem
 
 
 def _inside(path: str, root: str) -> bool:
@@ -39,15 +40,15 @@ def confine(user_path: str, roots: Sequence[str], *, input: str = "path", must_e
     resolved = os.path.realpath(candidate)
     if not any(_inside(resolved, r) for r in real_roots):
         allowed = ", ".join(real_roots)
-        raise PathError(f"'{user_path}' is outside the allowed folders ({allowed})", input=input)
+        raise PathError(f"{shown(user_path)} is outside the allowed folders ({allowed})", input=input)
     if kind is not None:
         must_exist = True
     if must_exist and not os.path.exists(resolved):
-        raise PathError(f"'{user_path}' does not exist (looked for {resolved})", input=input)
+        raise PathError(f"{shown(user_path)} does not exist", input=input)
     if kind == "dir" and not os.path.isdir(resolved):
-        raise PathError(f"'{user_path}' is not a folder", input=input)
+        raise PathError(f"{shown(user_path)} is not a folder", input=input)
     if kind == "file" and not os.path.isfile(resolved):
-        raise PathError(f"'{user_path}' is not a file", input=input)
+        raise PathError(f"{shown(user_path)} is not a file", input=input)
     return resolved
 
 
@@ -55,10 +56,13 @@ def safe_name(name: str, *, input: str = "name", max_len: int = 100) -> str:
     """Validate a single file or folder name (no separators, no dot-dot, printable)."""
     if not isinstance(name, str) or not name.strip():
         raise PathError("the name is empty", input=input)
-    name = name.strip()
-    bad = set('/\\:*?"<>|\x00')
-    if any(c in bad or ord(c) < 32 for c in name) or name in (".", "..") or name.startswith("."):
-        raise PathError(f"'{name}' is not a valid name: use letters, digits, '-', '_' and '.'", input=input)
     if len(name) > max_len:
         raise PathError(f"the name is longer than {max_len} characters", input=input)
+    problem = text_problem(name, max_len=max_len, multiline=False)
+    if problem:
+        raise PathError(problem, input=input)
+    name = name.strip()
+    bad = set('/\\:*?"<>|\x00')
+    if any(c in bad for c in name) or name in (".", "..") or name.startswith("."):
+        raise PathError(f"{shown(name)} is not a valid name: use letters, digits, '-', '_' and '.'", input=input)
     return name

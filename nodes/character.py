@@ -203,8 +203,18 @@ class SaveCharacter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, style):
-        return _common.validation_error(cls, {"style": style})
+    def validate_inputs(cls, style, name, notes, trigger_word, class_phrase):
+        bad = _common.validation_error(cls, {"style": style, "name": name, "notes": notes,
+                                             "trigger_word": trigger_word, "class_phrase": class_phrase})
+        if bad is not True:
+            return bad
+        for value in (name or [])[:1]:
+            if isinstance(value, str) and value.strip():
+                try:
+                    safe_name(value, input="name")
+                except ContinuityError as exc:
+                    return str(_common.node_error(cls, "name", exc.message))
+        return True
 
     @classmethod
     @_common.reports_errors("name")

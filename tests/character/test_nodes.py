@@ -120,9 +120,10 @@ def test_errors_name_node_and_input(comfy):
     assert "Save Character (Continuity)" in msg and "'references'" in msg
     # a bad name
     _write_refs(comfy, "char_refs_b", n=1, seed=3)
-    res = comfy.run({"1": _load_folder("char_refs_b"), "2": _save("../escape", "1")}, expect_success=False)
-    msg = res.error["exception_message"]
-    assert "'name'" in msg and "not a valid name" in msg
+    # a bad name is refused up front, at validation
+    ok, _, _, node_errors = comfy.validate({"1": _load_folder("char_refs_b"), "2": _save("../escape", "1")})
+    msg = str(node_errors)
+    assert not ok and "input 'name'" in msg and "not a valid name" in msg
     assert not (comfy.base / "output" / "continuity" / "escape").exists()
     # loading a profile that does not exist: a clear error when it runs; a revision that does not exist:
     # refused at validation

@@ -226,3 +226,34 @@ def test_a_dataset_value_is_read_again_not_trusted(dataset):
     with pytest.raises(store.StoreError, match="signature") as err:
         vs.from_value(str(root), value, input="dataset")
     assert err.value.input == "dataset"
+
+
+def _save_three(args):
+    root, n = args
+    return [vs.save_version(root, "busy", [vs.Item(filename=f"p{n}_{k}", rgb=_img(n * 10 + k))],
+                            note=f"writer {n}").number for k in range(3)]
+
+
+def test_concurrent_writers_each_get_their_own_complete_version(tmp_path):
+    """Two prompts or two servers on one base folder saving the same name: each gets its own version."""
+    import multiprocessing
+    root = str(tmp_path / "datasets")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        numbers = sorted(n for r in pool.map(_save_three, [(root, i) for i in range(4)]) for n in r)
+    assert numbers == list(range(1, 13))
+    notes = []
+    for n in numbers:
+        ver = vs.load_version(root, "busy", n)
+        assert len(vs.read_items(ver)) == 1
+        notes.append(ver.manifest["note"])
+    assert sorted(notes) == sorted(f"writer {i}" for i in range(4) for _ in range(3))
+    assert not [p for p in os.listdir(os.path.join(root, "busy")) if p.startswith(".")]
+
+
+def test_names_with_invalid_text_are_refused_before_any_folder_is_made(tmp_path):
+    for bad in ("\ud800", "a\x1bb", "tab\tname", "x" * 101):
+        with pytest.raises(ContinuityError) as err:
+            vs.save_version(str(tmp_path), bad, [vs.Item(filename="a", rgb=_img(1))])
+        assert err.value.input == "name"
+        str(err.value).encode("ascii")
+    assert not os.listdir(tmp_path)
