@@ -120,11 +120,17 @@ def load_image(path: str, *, max_side: int | None = None, max_pixels: int | None
                               input=input) from None
 
 
-def read_caption(image_path: str, extension: str = ".txt") -> str:
-    """The caption stored beside an image (``name.txt``), or an empty string."""
+def read_caption(image_path: str, extension: str = ".txt", *, roots: list[str] | None = None) -> str:
+    """The caption stored beside an image (``name.txt``), or an empty string. With ``roots``, a
+    caption file that is a link leading out of them is refused."""
     ext = extension if extension.startswith(".") else "." + extension
     path = os.path.splitext(image_path)[0] + ext
     if os.path.isfile(path):
+        if roots is not None:
+            from . import store
+            if not any(store.inside(path, r) for r in roots):
+                raise ContinuityError(f"the caption file {os.path.basename(path)!a} is a link to outside the "
+                                      "allowed folders; refused", input="folder")
         if os.path.getsize(path) > MAX_CAPTION_BYTES:
             raise ContinuityError(f"the caption file {os.path.basename(path)!a} is larger than "
                                   f"{MAX_CAPTION_BYTES} bytes", input="caption_extension")
@@ -166,5 +172,5 @@ def load_folder(folder: str, *, recursive: bool = False, start: int = 0, limit: 
         path = os.path.join(folder, name)
         rgb, mask = load_image(path, input="folder")
         items.append(FolderItem(name=name.replace(os.sep, "/"), rgb=rgb, mask=mask,
-                                caption=read_caption(path, caption_extension)))
+                                caption=read_caption(path, caption_extension, roots=roots)))
     return items

@@ -158,7 +158,7 @@ def select_subset(dataset_dir: str, patterns: list[str], *, caption_extension: s
         if any(p == "*" or fnmatch.fnmatchcase(folder, p) or fnmatch.fnmatchcase(folder.split("/")[0], p)
                for p in patterns):
             path = os.path.join(dataset_dir, rel)
-            out.append(Item(path, rel_u, read_caption(path, caption_extension)))
+            out.append(Item(path, rel_u, read_caption(path, caption_extension, roots=[dataset_dir])))
     return sorted(out, key=lambda it: natural_key(it.rel))
 
 

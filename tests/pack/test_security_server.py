@@ -303,8 +303,16 @@ def test_input_folder_files_linked_outside_are_refused(server, sentinels):
                            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
                   "Load Image Folder", "folder")
     assert "zz.png" in msg
-    # a linked sub-folder is refused too when recursing
+    # a caption beside a real image that is a link to outside (it would come back as the caption text)
     (server.base / "input" / "atk_links" / "zz.png").unlink()
+    (server.base / "input" / "atk_links" / "ok.txt").symlink_to(sentinels["secret.txt"])
+    refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
+                           "inputs": {"folder": "atk_links", "mode": "list", "recursive": False, "start": 0,
+                                      "limit": 0, "caption_extension": ".txt"}},
+                     "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}}},
+            "Load Image Folder", "folder")
+    (server.base / "input" / "atk_links" / "ok.txt").unlink()
+    # a linked sub-folder is refused too when recursing
     (server.base / "input" / "atk_links" / "sub").symlink_to(sentinels["secret.png"].parent, target_is_directory=True)
     refused(server, {"1": {"class_type": "ContinuityLoadImageFolder",
                            "inputs": {"folder": "atk_links", "mode": "list", "recursive": True, "start": 0,
