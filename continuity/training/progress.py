@@ -16,8 +16,8 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-_STEPS = re.compile(
-    r"steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+_STEPS = re.compile(  # the training bar only: "validation steps:" and caching bars are other bars
+    r"^\s*steps:\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
     r"\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:]+|\?)(?P<rest>[^\]]*)\]")
 _LOSS = re.compile(r"avr_loss=(?P<loss>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf))")
 _RATE = re.compile(r"(?P<rate>[\d.]+|\?)(?P<unit>it/s|s/it)")

@@ -491,3 +491,12 @@ def test_private_copies_of_gone_servers_are_cleaned(rig):
     removed = clean_private_runs()
     assert "999999-job-abc" in removed and not gone.exists() and mine.is_dir()
     mine.rmdir()
+
+
+def test_only_the_training_bar_is_progress():
+    from continuity.training.progress import parse_line
+    assert parse_line("steps:  10%|█         | 1/10 [00:01<00:09,  1.00it/s, avr_loss=0.15]").step == 1
+    for other in ("validation steps:  50%|█████     | 2/4 [00:01<00:01,  2.00it/s, val_avg_loss=0.2]",
+                  "epoch validation steps: 100%|██████████| 4/4 [00:02<00:00,  2.00it/s]",
+                  "100%|██████████| 20/20 [00:05<00:00,  3.90it/s]"):
+        assert parse_line(other) is None
