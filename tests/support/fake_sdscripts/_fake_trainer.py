@@ -9,7 +9,8 @@ It behaves as the real scripts were seen to behave (../../../shared/sd-scripts/R
   ``DAdaptation*`` (package not installed unless ``installed_optimizers`` says so), a resolution
   outside the bucket bounds (AssertionError), ``full_bf16`` without bf16, persistent workers
   without workers, unknown dataset TOML keys, no tokenizer cache when ``offline``;
-* steps per epoch count reg images (balanced to the character images) and bucket batching;
+* a latent-caching bar of its own comes first; steps per epoch count reg images (balanced to the
+  character images) and bucket batching;
 * stderr carries tqdm renders that END with ``\\r`` (``framing`` "start" puts it first, as plain
   tqdm does); each step is rendered twice: first with the previous step's ``avr_loss``, then with
   its own; stdout carries the "running training" block, ``epoch k/M`` and
@@ -192,6 +193,16 @@ class Bar:
         sys.stderr.flush()
 
 
+def _cache_latents(n, framing):
+    """sd-scripts caches latents first, under a bar of its own (not the training bar)."""
+    print("caching latents.", flush=True)
+    for i in range(n + 1):
+        text = f"{100 * i // max(1, n):3d}%|{'█' * (10 * i // max(1, n)):10s}| {i}/{n} [00:00<00:00, 50.00it/s]"
+        sys.stderr.write(text + "\r" if framing == "end" else "\r" + text)
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+
+
 def _write_lora(path):
     header = json.dumps({"__metadata__": {"ss_network_module": "networks.lora"}}).encode()
     header += b" " * (-len(header) % 8)
@@ -283,6 +294,7 @@ def main(script):
     epochs = math.ceil(total / per_epoch)
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
+    _cache_latents(n_train, control.get("framing", "end"))
     saved = 0
     if args.resume:
         with open(os.path.join(args.resume, "train_state.json")) as fh:
