@@ -80,6 +80,17 @@ def user_errors(node_cls, default_input: str | None = None):
         yield
     except ContinuityError as exc:
         raise node_error(node_cls, exc.input or default_input, exc.message) from exc
+    except OSError as exc:   # a file that cannot be read or written: say so without the server's paths
+        what = exc.strerror or type(exc).__name__
+        name = store.shown(os.path.basename(str(exc.filename))) if exc.filename else ""
+        raise node_error(node_cls, default_input, f"{what}{' ' + name if name else ''}") from exc
+
+
+def _redacted_ui(ui):
+    """The texts a node shows on its face (and /history serves to every client), without server paths."""
+    if isinstance(ui, dict) and isinstance(ui.get("text"), list):
+        ui = dict(ui, text=[store.printable(redact_paths(t)) if isinstance(t, str) else t for t in ui["text"]])
+    return ui
 
 
 #: the longest text any input takes at execution (a linked report or scores JSON included); widgets
@@ -105,7 +116,10 @@ def reports_errors(default_input: str | None = None):
             with user_errors(cls, default_input):
                 check_texts(kwargs)
                 check_numbers(cls, kwargs)
-                return fn(cls, *args, **kwargs)
+                out = fn(cls, *args, **kwargs)
+                if getattr(out, "ui", None) is not None:
+                    out.ui = _redacted_ui(out.ui)
+                return out
         return wrapper
     return deco
 

@@ -419,3 +419,13 @@ def test_image_files_are_size_checked_from_their_header(server, sentinels):
                      "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}},
             "Load Image Folder", "folder")
     still_serves(server)
+
+
+def test_what_nodes_show_clients_has_no_server_paths(server, sentinels):
+    _dataset(server, "shown_paths")
+    entry = server.run({"1": _load_version("shown_paths"), "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 1]}},
+                        "3": {"class_type": "ContinuityMergeFixedImages",
+                              "inputs": {"dataset": ["1", 0], "fixed_images": ["2", 0], "filenames": ["1", 3],
+                                         "note": ""}}}, 120)
+    shown = json.dumps(entry["outputs"])
+    assert "output/continuity/datasets/shown_paths/v2" in shown and str(server.base) not in shown
