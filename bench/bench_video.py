@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from continuity.arrays import mask_bbox
 from continuity.cast import similarity_matrix
 from continuity.character.identity import CharacterIdentity
 from continuity.faces import load_analyzer
@@ -89,10 +90,18 @@ def main():
             faces = [t.observed[f] for t in ts.tracks if f in t.observed]
             for t in ts.tracks:
                 if f in t.observed:
-                    masks[(t.id, f)] = region_masks(frames[f], faces, chosen=[t.observed[f]], grow=5.0,
-                                                    grow_unit="percent", parser=an.parser).mask
+                    m = region_masks(frames[f], faces, chosen=[t.observed[f]], grow=5.0, grow_unit="percent",
+                                     parser=an.parser).mask
+                    bb = mask_bbox(m)          # kept as its bounding box only (a 1080p mask is 8 MB)
+                    masks[(t.id, f)] = (bb, None if bb is None else m[bb[1]:bb[3], bb[0]:bb[2]].copy())
     _, mw, mc = clock(all_masks)
-    crops, pw, pc = clock(lambda: plan_crops(ts, ts.tracks, lambda t, f: masks[(t.id, f)], target=args.target))
+    def mask_of(t, f):
+        bb, part = masks[(t.id, f)]
+        full = np.zeros(frames.shape[1:3], np.float32)
+        if bb is not None:
+            full[bb[1]:bb[3], bb[0]:bb[2]] = part
+        return full
+    crops, pw, pc = clock(lambda: plan_crops(ts, ts.tracks, mask_of, target=args.target))
 
     def crop_paste():
         for f in range(args.frames):

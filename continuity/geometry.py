@@ -446,6 +446,43 @@ def match_colour(new: np.ndarray, old: np.ndarray, alpha: np.ndarray) -> np.ndar
     return np.clip(new + offset.astype(np.float32), 0.0, 1.0)
 
 
+def paste_into(image: np.ndarray, box: CropBox, mask_region, crop, ref=None, *, feather_percent: float = 4.5,
+               colour_match: bool = False) -> bool:
+    """Paste one crop into ``image`` (H, W, C) float32, IN PLACE, blended only inside the mask.
+    ``mask_region``: the frame mask on ``box.region`` (the part of the box inside the image).
+    ``ref``: the crop as it was handed out; then only the change made to it is pasted (see
+    :func:`paste_back`). Returns False when nothing was changed. Pixels where the mask is 0 keep
+    their values bit for bit."""
+    if box.empty:
+        return False
+    c = _np(crop)
+    ch = min(image.shape[-1], c.shape[-1])      # e.g. RGB crops into RGBA frames: the alpha stays as it was
+    c = c[..., :ch]
+    rx0, ry0, rx1, ry1 = box.region
+    alpha = blend_alpha(mask_region, box, feather_width(box.side, feather_percent))
+    bb = mask_bbox(alpha)
+    if bb is None:
+        return False
+    # only the window where alpha > 0 is resized back and blended
+    alpha = alpha[bb[1]:bb[3], bb[0]:bb[2]]
+    rx0, ry0, rx1, ry1 = rx0 + bb[0], ry0 + bb[1], rx0 + bb[2], ry0 + bb[3]
+    window = (rx0, ry0, rx1, ry1)
+    old = image[ry0:ry1, rx0:rx1, :ch]
+    if ref is not None:
+        change = c - _np(ref)[..., :ch]
+        if not change.any():
+            return False
+        new = np.clip(old + uncrop(change, box, clamp=False, window=window), 0.0, 1.0)
+    else:
+        new = uncrop(c, box, window=window)
+    if colour_match:
+        new = match_colour(new, old, alpha)
+    a = alpha[..., None]
+    blended = old + a * (new - old)
+    image[ry0:ry1, rx0:rx1, :ch] = np.where(a > 0, blended, old)
+    return True
+
+
 def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
                colour_match: bool = False) -> np.ndarray:
     """Paste each crop into its original image, blended only inside the original mask.
@@ -467,36 +504,14 @@ def paste_back(record: StitchRecord, crops, *, feather_percent: float = 4.5,
         raise ContinuityError(f"{c.shape[0]} crops for a stitch record of {n}; paste the batch that came "
                               "from the same Crop For Inpaint", input="image")
     out = record.originals.copy()
-    ch = min(out.shape[-1], c.shape[-1])      # e.g. RGB crops into RGBA frames: the alpha stays as it was
-    c = c[..., :ch]
+    ch = min(out.shape[-1], c.shape[-1])
     ref = record.crops
     as_delta = ref is not None and ref.shape[:3] == c.shape[:3] and ref.shape[-1] >= ch
     for i, box in enumerate(record.boxes):
-        if box.empty:
-            continue
         rx0, ry0, rx1, ry1 = box.region
-        alpha = blend_alpha(record.masks[i, ry0:ry1, rx0:rx1], box, feather_width(box.side, feather_percent))
-        bb = mask_bbox(alpha)
-        if bb is None:
-            continue
-        # only the window where alpha > 0 is resized back and blended
-        alpha = alpha[bb[1]:bb[3], bb[0]:bb[2]]
-        rx0, ry0, rx1, ry1 = rx0 + bb[0], ry0 + bb[1], rx0 + bb[2], ry0 + bb[3]
-        window = (rx0, ry0, rx1, ry1)
-        old = out[i, ry0:ry1, rx0:rx1, :ch]
-        if as_delta:
-            assert ref is not None
-            change = c[i] - ref[i, ..., :ch]
-            if not change.any():
-                continue
-            new = np.clip(old + uncrop(change, box, clamp=False, window=window), 0.0, 1.0)
-        else:
-            new = uncrop(c[i], box, window=window)
-        if colour_match:
-            new = match_colour(new, old, alpha)
-        a = alpha[..., None]
-        blended = old + a * (new - old)
-        out[i, ry0:ry1, rx0:rx1, :ch] = np.where(a > 0, blended, old)
+        paste_into(out[i], box, record.masks[i, ry0:ry1, rx0:rx1], c[i],
+                   ref[i] if as_delta and ref is not None else None,
+                   feather_percent=feather_percent, colour_match=colour_match)
     return out
 
 

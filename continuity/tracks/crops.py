@@ -81,13 +81,6 @@ class TrackCrop:
         return np.array([[b.x0 + b.side / 2, b.y0 + b.side / 2] for b in self.boxes])
 
 
-def _window_mask(full: np.ndarray, box: geometry.CropBox) -> np.ndarray:
-    out = np.zeros((box.side, box.side), np.float32)
-    rx0, ry0, rx1, ry1 = box.region
-    out[ry0 - box.y0:ry1 - box.y0, rx0 - box.x0:rx1 - box.x0] = full[ry0:ry1, rx0:rx1]
-    return out
-
-
 def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int], np.ndarray | None], *,
                       context: float = 1.5, min_size: int = 128, target: int = 512, sigma: float = 2.0,
                       pad_mode: str = "edge") -> TrackCrop:
@@ -95,13 +88,14 @@ def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int
     ``mask_of(frame)`` gives the face's (H, W) mask at an observed frame (None: use its box)."""
     h, w = frame_size
     frames = list(track.frames)
-    raw: dict[int, np.ndarray] = {}
+    raw: dict[int, tuple] = {}          # frame -> (bbox, the mask inside it as uint8 0-255)
     bbs = np.zeros((len(frames), 4))
     for k, f in enumerate(frames):
         m = mask_of(f) if f in track.observed else None
         bb = geometry.mask_bbox(m) if m is not None else None
         if m is not None and bb is not None:
-            raw[f] = np.clip(np.asarray(m, np.float32), 0.0, 1.0)
+            x0, y0, x1, y1 = bb
+            raw[f] = (bb, np.rint(np.clip(np.asarray(m[y0:y1, x0:x1], np.float32), 0.0, 1.0) * 255).astype(np.uint8))
         if bb is None:
             bb = track.box(f)
         bbs[k] = bb
@@ -120,44 +114,54 @@ def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int
         x0, y0 = int(cx - side // 2), int(cy - side // 2)
         boxes.append(geometry.CropBox(x0=x0, y0=y0, side=side, target=int(target), height=int(h), width=int(w),
                                       pad_mode=pad_mode))
-    local = np.zeros((len(frames), side, side), np.float32)
+    local = np.zeros((len(frames), side, side), np.uint8)
     have = np.zeros(len(frames), bool)
     for k, f in enumerate(frames):
         if f in raw:
-            local[k] = _window_mask(raw[f], boxes[k])
+            (x0, y0, x1, y1), m = raw.pop(f)
+            _add_shifted(local[k], m, x0 - boxes[k].x0, y0 - boxes[k].y0)
             have[k] = True
-    wts = gaussian_weights(sigma)
-    r = len(wts) // 2
-    masks = np.zeros_like(local)
-    for k in range(len(frames)):
-        if not have[k]:
-            continue
-        acc = np.zeros((side, side), np.float32)
-        tot = 0.0
-        for d in range(-r, r + 1):
-            j = k + d
-            if 0 <= j < len(frames) and have[j]:
-                # the neighbour's mask, in the neighbour's window, re-cut on this frame's window
-                acc += wts[d + r] * _shifted(local[j], boxes[j], boxes[k])
-                tot += wts[d + r]
-        masks[k] = acc / tot
-    masks = np.where(masks >= 0.5 / len(wts), masks, 0.0).astype(np.float32)
+    masks = _smooth_masks(local, have, boxes, gaussian_weights(sigma))
     return TrackCrop(track.id, track.member_name, frames, boxes, masks, (int(h), int(w)),
                      info={"context": context, "min_size": min_size, "target": target, "sigma": sigma,
                            "pad_mode": pad_mode, "side": side})
 
 
-def _shifted(m: np.ndarray, src: geometry.CropBox, dst: geometry.CropBox) -> np.ndarray:
-    """Mask ``m`` on window ``src`` seen on window ``dst`` (same side; whole-pixel offsets)."""
-    dx, dy = src.x0 - dst.x0, src.y0 - dst.y0
-    if dx == 0 and dy == 0:
-        return m
-    s = m.shape[0]
-    out = np.zeros_like(m)
-    if abs(dx) >= s or abs(dy) >= s:
-        return out
-    out[max(0, dy):s + min(0, dy), max(0, dx):s + min(0, dx)] = m[max(0, -dy):s - max(0, dy), max(0, -dx):s - max(0, dx)]
-    return out
+def _add_shifted(dst: np.ndarray, src: np.ndarray, dx: int, dy: int, weight: float | None = None) -> None:
+    """dst[dy:, dx:] (+)= src, clipped to dst: assigned (uint8) without ``weight``, else added x weight."""
+    h, w = dst.shape
+    sh, sw = src.shape
+    x0, y0 = max(0, dx), max(0, dy)
+    x1, y1 = min(w, dx + sw), min(h, dy + sh)
+    if x1 <= x0 or y1 <= y0:
+        return
+    part = src[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+    if weight is None:
+        dst[y0:y1, x0:x1] = part
+    else:
+        dst[y0:y1, x0:x1] += weight * part
+
+
+def _smooth_masks(local: np.ndarray, have: np.ndarray, boxes: list, wts: np.ndarray) -> np.ndarray:
+    """Each frame's mask averaged with its neighbours' (weights ``wts``), each neighbour's window mask
+    moved onto this frame's window; (N, side, side) float32 in [0, 1], zero where ``have`` is False."""
+    n, side = local.shape[0], local.shape[1]
+    r = len(wts) // 2
+    masks = np.zeros((n, side, side), np.float32)
+    for k in range(n):
+        if not have[k]:
+            continue
+        acc = masks[k]
+        tot = 0.0
+        for d in range(-r, r + 1):
+            j = k + d
+            if 0 <= j < n and have[j]:
+                _add_shifted(acc, local[j], boxes[j].x0 - boxes[k].x0, boxes[j].y0 - boxes[k].y0,
+                             float(wts[d + r]) / 255.0)
+                tot += float(wts[d + r])
+        acc /= tot
+        acc[acc < 0.5 / len(wts)] = 0.0
+    return masks
 
 
 def crop_frame(frame, tc: TrackCrop, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +196,10 @@ def _float(frame) -> np.ndarray:
 
 def paste_frame(frame: np.ndarray, tc: TrackCrop, k: int, crop, *, feather_percent: float = 4.5,
                 colour_match: bool = False, ref: np.ndarray | None = None) -> np.ndarray:
-    """The frame (H, W, C) float32 with the k-th (edited) crop pasted in: only the change made to the
-    crop is pasted, blended inside the mask; outside it the frame is returned bit for bit. ``ref``: the
-    crop as :func:`crop_frame` cut it from this frame (saves cutting it again)."""
+    """The frame (H, W, C) float32 with the k-th (edited) crop pasted in (in place when ``frame`` is
+    float32 already): only the change made to the crop is pasted, blended inside the mask; outside it
+    the frame keeps its values bit for bit. ``ref``: the crop as :func:`crop_frame` cut it from this
+    frame (saves cutting it again)."""
     frame = _float(frame)
     if not tc.masks[k].any():
         return frame
@@ -207,11 +212,10 @@ def paste_frame(frame: np.ndarray, tc: TrackCrop, k: int, crop, *, feather_perce
         new = geometry.resize(new, t, t)
     if ref is None or ref.shape[:2] != (t, t):
         ref = geometry.crop_resized(frame, box, "lanczos")
-    ch = min(frame.shape[-1], new.shape[-1])
-    record = geometry.StitchRecord(boxes=[box], originals=frame[None], masks=tc.full_mask(k)[None],
-                                   crops=ref[None, ..., :ch])
-    return geometry.paste_back(record, new[None, ..., :ch], feather_percent=feather_percent,
-                               colour_match=colour_match)[0]
+    rx0, ry0, rx1, ry1 = box.region
+    region = tc.masks[k, ry0 - box.y0:ry1 - box.y0, rx0 - box.x0:rx1 - box.x0]
+    geometry.paste_into(frame, box, region, new, ref, feather_percent=feather_percent, colour_match=colour_match)
+    return frame
 
 
 def paste_sequence(frames, tc: TrackCrop, crops, *, feather_percent: float = 4.5, colour_match: bool = False,

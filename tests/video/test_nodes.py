@@ -61,7 +61,7 @@ def _fix(cast_node, which="cast", blend=0.0, seed=3):
     return {"class_type": "ContinuityVideoFaceFix",
             "inputs": {"face_model": ["fm", 0], "frames": ["fr", 0], "model": ["m", 0], "negative": ["n", 0],
                        "vae": ["m", 2], "clip": ["m", 1], "prompt": "portrait photo", "lora_strength": 0.8,
-                       "which": which, **TRACKING, **CROP, "seed": seed, "steps": 2, "cfg": 4.0,
+                       "which": which, **TRACKING, **CROP, "seed": seed, "steps": 1, "cfg": 4.0,
                        "sampler_name": "euler", "scheduler": "normal", "denoise_1": 1.0, "denoise_2": 0.4,
                        "temporal_blend": blend, "feather": 4.5, "colour_match": False,
                        **({"cast": [cast_node, 0]} if cast_node else {})}}
