@@ -138,3 +138,31 @@ def assign_faces(similarities: np.ndarray, thresholds, *, allowed: np.ndarray | 
                 mof[r] = int(c)
                 fom[c] = int(r)
     return Assignment(mof, fom, s.astype(np.float32), thr.astype(np.float32))
+
+
+@dataclass
+class ImageCast:
+    """The faces of one image given to the cast."""
+    faces: list                                # largest first
+    assignment: Assignment
+    names: list[str]
+
+    def chosen(self) -> list:
+        """(member index, face) of every face given to a member, in member order."""
+        return [(j, self.faces[f]) for j, f in enumerate(self.assignment.face_of_member) if f is not None]
+
+    def describe(self, image_index: int | None = None) -> list[str]:
+        where = "" if image_index is None else f"image {image_index}: "
+        return self.assignment.describe(self.names, prefix=where)
+
+
+def cast_faces(rgb: np.ndarray, faces: list, cast: Cast, embedder, *, detector=None, cache=None) -> ImageCast:
+    """Each face of ``rgb`` given to the member it matches (see :func:`assign_faces`); unknown faces
+    stay unassigned. Embeddings are cached by image content (shared with the other nodes)."""
+    from ..character.identity import embed_faces  # the one face-embedding cache
+    ordered = sorted(faces, key=lambda f: f.area, reverse=True)
+    if not ordered:
+        return ImageCast([], assign_faces(np.zeros((0, len(cast))), np.zeros(len(cast))), cast.names)
+    emb = embed_faces(rgb, ordered, embedder, cache=cache)
+    sims = cast.similarities(emb, embedder, detector=detector, cache=cache)
+    return ImageCast(ordered, assign_faces(sims, cast.thresholds(embedder, detector=detector, cache=cache)), cast.names)
