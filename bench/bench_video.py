@@ -31,8 +31,7 @@ from continuity.cast import similarity_matrix
 from continuity.character.identity import CharacterIdentity
 from continuity.faces import load_analyzer
 from continuity.faces.masks import region_masks
-from continuity.tracks import crop_frame, paste_frame, track_faces
-from continuity.tracks.fix import plan_crops
+from continuity.tracks import crop_frame, paste_frame, stable_track_crop, track_faces
 
 FACES = REPO / "assets" / "faces"
 
@@ -88,20 +87,16 @@ def main():
     def all_masks():
         for f in range(args.frames):
             faces = [t.observed[f] for t in ts.tracks if f in t.observed]
+            person = an.parser.person(frames[f]) if faces and getattr(an.parser, "use_mediapipe", False) else None
             for t in ts.tracks:
                 if f in t.observed:
                     m = region_masks(frames[f], faces, chosen=[t.observed[f]], grow=5.0, grow_unit="percent",
-                                     parser=an.parser).mask
+                                     parser=an.parser, person=person).mask
                     bb = mask_bbox(m)          # kept as its bounding box only (a 1080p mask is 8 MB)
-                    masks[(t.id, f)] = (bb, None if bb is None else m[bb[1]:bb[3], bb[0]:bb[2]].copy())
+                    masks[(t.id, f)] = None if bb is None else (bb, m[bb[1]:bb[3], bb[0]:bb[2]].copy())
     _, mw, mc = clock(all_masks)
-    def mask_of(t, f):
-        bb, part = masks[(t.id, f)]
-        full = np.zeros(frames.shape[1:3], np.float32)
-        if bb is not None:
-            full[bb[1]:bb[3], bb[0]:bb[2]] = part
-        return full
-    crops, pw, pc = clock(lambda: plan_crops(ts, ts.tracks, mask_of, target=args.target))
+    crops, pw, pc = clock(lambda: {t.id: stable_track_crop(t, ts.size, lambda f, t=t: masks[(t.id, f)], target=args.target)
+                                   for t in ts.tracks})
 
     def crop_paste():
         for f in range(args.frames):

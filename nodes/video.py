@@ -224,16 +224,19 @@ def _track_masker(frames: torch.Tensor, ts, face_model, regions, grow: float):
     if not region_tuple:
         raise ContinuityError("no region given; e.g. 'face, hair'", input="regions")
     lazy = _LazyFrames(frames)
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[int, tuple] = {}
+    needs_person = getattr(face_model.parser, "use_mediapipe", False) and \
+        bool(set(region_tuple) & {"hair", "ears", "beard", "neck"})
 
     def mask_of(track, f):
-        if f not in cache:
+        if f not in cache:          # one frame at a time: its pixels and person segmentation once for all tracks
             cache.clear()
-            cache[f] = lazy[f]
-        rgb = cache[f]
+            rgb = lazy[f]
+            cache[f] = (rgb, face_model.parser.person(rgb) if needs_person else None)
+        rgb, person = cache[f]
         faces = [t.observed[f] for t in ts.tracks if f in t.observed]
         res = cmasks.region_masks(rgb, faces, regions=region_tuple, chosen=[track.observed[f]], grow=grow,
-                                  grow_unit="percent", parser=face_model.parser)
+                                  grow_unit="percent", parser=face_model.parser, person=person)
         return res.mask
     return mask_of
 

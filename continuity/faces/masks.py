@@ -591,11 +591,13 @@ class MaskResult:
 def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, which: str = "largest",
                  index: int = 0, grow: float = 0.0, grow_unit: str = "px", feather: float = 0.0,
                  fill_holes: bool = True, parser=None, image_index: int = 0,
-                 chosen: list[Face] | None = None) -> MaskResult:
+                 chosen: list[Face] | None = None, person=None) -> MaskResult:
     """:func:`face_region_mask` with everything it found (faces, chosen faces, unavailable regions).
 
     ``chosen``: the faces to mask, picked by the caller (e.g. the character's face by identity);
-    it replaces ``which`` and ``index``. An empty list gives an empty mask."""
+    it replaces ``which`` and ``index``. An empty list gives an empty mask. ``person``: the image's
+    person segmentation as ``parser.person(rgb)`` gave it, when the caller masks several faces of one
+    image one at a time (it is then worked out once)."""
     rgb = as_uint8_rgb(rgb)
     h, w = rgb.shape[:2]
     regions = normalise_regions(regions)
@@ -614,8 +616,8 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
     chosen = select_faces(faces, which, index) if chosen is None else list(chosen)
     total = np.zeros((h, w), np.uint8)
     per_region: dict[str, np.ndarray] = {}
-    person = None
-    if chosen and getattr(parser, "use_mediapipe", False) and set(wanted) & {"hair", "ears", "beard", "neck"}:
+    if person is None and chosen and getattr(parser, "use_mediapipe", False) and \
+            set(wanted) & {"hair", "ears", "beard", "neck"}:
         person = parser.person(rgb)
     for f in chosen:
         kw = {"person": person} if person is not None else {}

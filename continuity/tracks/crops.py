@@ -81,21 +81,27 @@ class TrackCrop:
         return np.array([[b.x0 + b.side / 2, b.y0 + b.side / 2] for b in self.boxes])
 
 
-def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int], np.ndarray | None], *,
+def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int], np.ndarray | tuple | None], *,
                       context: float = 1.5, min_size: int = 128, target: int = 512, sigma: float = 2.0,
                       pad_mode: str = "edge") -> TrackCrop:
     """The crop windows and smoothed masks of ``track`` (a :class:`~continuity.tracks.tracking.Track`).
-    ``mask_of(frame)`` gives the face's (H, W) mask at an observed frame (None: use its box)."""
+    ``mask_of(frame)`` gives the face's (H, W) mask at an observed frame, or (bounding box, the mask
+    inside it); None: use the face box."""
     h, w = frame_size
     frames = list(track.frames)
     raw: dict[int, tuple] = {}          # frame -> (bbox, the mask inside it as uint8 0-255)
     bbs = np.zeros((len(frames), 4))
     for k, f in enumerate(frames):
         m = mask_of(f) if f in track.observed else None
-        bb = geometry.mask_bbox(m) if m is not None else None
+        if isinstance(m, tuple):            # (bounding box, the mask inside it)
+            bb, m = m
+            x0, y0 = (bb[0], bb[1]) if bb is not None else (0, 0)
+        else:
+            bb = geometry.mask_bbox(m) if m is not None else None
+            x0, y0 = 0, 0
         if m is not None and bb is not None:
-            x0, y0, x1, y1 = bb
-            raw[f] = (bb, np.rint(np.clip(np.asarray(m[y0:y1, x0:x1], np.float32), 0.0, 1.0) * 255).astype(np.uint8))
+            part = np.asarray(m)[bb[1] - y0:bb[3] - y0, bb[0] - x0:bb[2] - x0]
+            raw[f] = (bb, np.rint(np.clip(part.astype(np.float32), 0.0, 1.0) * 255).astype(np.uint8))
         if bb is None:
             bb = track.box(f)
         bbs[k] = bb

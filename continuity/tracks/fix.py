@@ -7,12 +7,12 @@ caller (the nodes use the still pipeline's two-pass inpaint with the member's Lo
 one seed per track, so every frame of a track gets the same noise)."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..arrays import mask_bbox
 from .crops import TrackCrop, crop_frame, paste_frame, stable_track_crop
 from .tracking import Track, TrackSet
 
@@ -26,8 +26,17 @@ class ShotFix:
 
 def plan_crops(ts: TrackSet, tracks: list[Track], mask_of: Callable[[Track, int], np.ndarray | None], **crop_opts
                ) -> dict[int, TrackCrop]:
-    """Each track's stable crop windows and smoothed masks (``mask_of(track, frame)``)."""
-    return {t.id: stable_track_crop(t, ts.size, functools.partial(mask_of, t), **crop_opts) for t in tracks}
+    """Each track's stable crop windows and smoothed masks. ``mask_of(track, frame)`` is called frame
+    by frame (all tracks of a frame together, so a caller can share per-frame work such as the person
+    segmentation); only each mask's bounding-box crop is kept."""
+    kept: dict[int, dict[int, tuple | None]] = {t.id: {} for t in tracks}
+    for f in sorted({f for t in tracks for f in t.observed}):
+        for t in tracks:
+            if f in t.observed:
+                m = mask_of(t, f)
+                bb = mask_bbox(m) if m is not None else None
+                kept[t.id][f] = None if m is None or bb is None else (bb, np.asarray(m)[bb[1]:bb[3], bb[0]:bb[2]].copy())
+    return {t.id: stable_track_crop(t, ts.size, kept[t.id].get, **crop_opts) for t in tracks}
 
 
 def fix_shot(out: np.ndarray, ts: TrackSet, tracks: list[Track], crops: dict[int, TrackCrop],
