@@ -577,6 +577,8 @@ def _run(job, argv, offset, on_progress, cancel_event, *, env, grace, poll_s, on
             _hash_new_states(job, run.labels, run.total_line)
         except (ContinuityError, OSError):
             pass  # a damaged states.json: these states are simply not resumable
+    if proc.returncode != 0 and cancel_event is not None and cancel_event.is_set():
+        cancelled = True      # stopped from outside (the server stopping) before the loop saw the request
     return _finish(job, proc.returncode, cancelled, run, log_path)
 
 

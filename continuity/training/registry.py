@@ -197,6 +197,8 @@ class JobRegistry:
                     st.error = "the server stopped during training; resume to continue"
             except BaseException as exc:  # reported through the status, never raised into the server
                 st.state, st.error, st.exc = "failed", str(exc), exc
+                if self.stopping:         # the trainer died because the server stopped it
+                    st.state, st.error = "stopped", "the server stopped during training; resume to continue"
             st.pid = st.pid_start = None
             self._notify(st, force=True)
 
