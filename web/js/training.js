@@ -1,105 +1,186 @@
-// Continuity: training progress and loss curve drawn on Train LoRA / Training Status nodes.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+// Continuity: live training progress (state, step, loss, ETA) and the loss curve on Train LoRA
+// and Training Status. The server sends "continuity.train.progress" events while a job runs
+// ({job_id, node, state, step, total, loss, eta_s, point: [step, loss]} and on a finished,
+// failed or cancelled job its last state), and each node returns
+// ui={"continuity_train": [status]} (Training Status' status carries "losses": [[step, loss], ...]).
+// The display is a DOM widget with its own space in the node, so it shows in the LiteGraph
+// canvas and in the Nodes 2.0 renderer alike, and never covers the node's inputs.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { ensureStyle, fitNode, lastOutput, nodesOfTypes } from "./continuity_layout.js";
 
 const NODE_TYPES = new Set(["ContinuityTrainLoRA", "ContinuityTrainingStatus"]);
-const byJob = new Map(); // job_id -> {state, step, total, loss, eta_s, points: [[step, loss]], node}
+const HEIGHT = 150;
+const MAX_POINTS = 2000;
+const byJob = new Map(); // job_id -> {state, step, total, loss, eta_s, points: [[step, loss]], ...}
 
-function fmtEta(s) {
-  if (s == null) return "?";
+const STYLE = `
+.continuity-train { font: 11px/1.35 system-ui, sans-serif; color: var(--input-text, #ddd);
+  background: var(--comfy-input-bg, #222); border-radius: 6px; padding: 4px 6px; width: 100%;
+  height: 100%; box-sizing: border-box; display: flex; flex-direction: column; gap: 3px; overflow: hidden; }
+.continuity-train .ct-line { flex: none; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.continuity-train .ct-bar { height: 4px; background: #333; border-radius: 2px; flex: none; }
+.continuity-train .ct-bar > div { height: 100%; width: 0; background: #4a8; border-radius: 2px; }
+.continuity-train svg { flex: 1 1 auto; min-height: 30px; width: 100%; }
+.continuity-train .ct-curve { fill: none; stroke: #6cf; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
+.continuity-train .ct-axis { fill: #999; font-size: 9px; }
+.continuity-train.ct-failed .ct-line { color: #ff8a80; }`;
+
+export function fmtEta(s) {
+  if (s == null || !Number.isFinite(Number(s))) return "?";
+  s = Math.max(0, Number(s));
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = Math.floor(s % 60);
   return (h ? h + "h" : "") + String(m).padStart(h ? 2 : 1, "0") + "m" + String(sec).padStart(2, "0") + "s";
 }
 
-function record(d) {
+/** Merge a status message into the job's state; returns the state. */
+export function record(d) {
   if (!d || !d.job_id) return null;
   const st = byJob.get(d.job_id) || { points: [] };
-  Object.assign(st, { ...d, points: st.points });
-  if (Array.isArray(d.losses)) st.points = d.losses.slice();
-  else if (Array.isArray(d.point) && (!st.points.length || st.points[st.points.length - 1][0] !== d.point[0])) {
-    st.points.push(d.point);
-    if (st.points.length > 2000) st.points = st.points.filter((_, i) => i % 2 === 0);
+  const points = st.points;
+  // "unknown" is what a server says of a job it has no record of: what this page saw stands
+  const keep = d.state === "unknown" && st.state && st.state !== "unknown";
+  for (const [k, v] of Object.entries(d)) {
+    if (v === undefined || k === "losses" || k === "point") continue;
+    if (keep && (k === "state" || k === "step" || k === "loss")) continue;
+    st[k] = v;
+  }
+  st.points = points;
+  if (Array.isArray(d.losses) && d.losses.length >= points.length) {
+    st.points = d.losses.filter((p) => Array.isArray(p) && p.length >= 2).map((p) => [Number(p[0]), Number(p[1])]);
+  } else if (Array.isArray(d.point) && d.point.length >= 2) {
+    const p = [Number(d.point[0]), Number(d.point[1])];
+    if (!points.length || points[points.length - 1][0] !== p[0]) points.push(p);
+    if (points.length > MAX_POINTS) st.points = points.filter((_, i) => i % 2 === 0);
   }
   byJob.set(d.job_id, st);
   return st;
 }
 
-function nodeFor(d) {
-  const graph = app.graph;
-  if (!graph) return null;
-  if (d.node != null) {
-    const n = graph.getNodeById(Number(d.node)) || graph.getNodeById(d.node);
-    if (n) return n;
+function statusLines(st) {
+  const first = [st.state || "waiting"];
+  if (st.total || st.step) first.push(`step ${st.step ?? 0}/${st.total ?? "?"}`);
+  if (st.epochs) first.push(`epoch ${st.epoch ?? 0}/${st.epochs}`);
+  const second = [];
+  if (st.loss != null) second.push(`loss ${Number(st.loss).toPrecision(4)}`);
+  if (st.state === "running") second.push(`ETA ${fmtEta(st.eta_s)}`);
+  if (st.lora_name && st.state === "finished") second.push(st.lora_name);
+  if (st.error) second.push(String(st.error).trim().split("\n").pop());
+  return [first.join(" · "), second.join(" · ")];
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function buildElement() {
+  const el = document.createElement("div");
+  el.className = "continuity-train";
+  const line = document.createElement("div");
+  line.className = "ct-line";
+  line.textContent = "no training yet";
+  const line2 = document.createElement("div");
+  line2.className = "ct-line";
+  const bar = document.createElement("div");
+  bar.className = "ct-bar";
+  bar.appendChild(document.createElement("div"));
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 100 100");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const curve = document.createElementNS(SVG, "polyline");
+  curve.setAttribute("class", "ct-curve");
+  svg.appendChild(curve);
+  el.append(line, line2, bar, svg);
+  return el;
+}
+
+function draw(el, st) {
+  el.classList.toggle("ct-failed", st.state === "failed" || st.state === "cancelled");
+  const lines = el.querySelectorAll(".ct-line");
+  statusLines(st).forEach((text, i) => {
+    lines[i].textContent = text;
+    lines[i].title = i === 1 && st.error ? String(st.error) : text;
+  });
+  const frac = st.total ? Math.min(1, (st.step || 0) / st.total) : st.state === "finished" ? 1 : 0;
+  el.querySelector(".ct-bar > div").style.width = `${(100 * frac).toFixed(1)}%`;
+  const pts = st.points || [];
+  const curve = el.querySelector(".ct-curve");
+  if (pts.length < 2) {
+    curve.setAttribute("points", "");
+    return;
   }
-  return (graph._nodes || []).find((n) => NODE_TYPES.has(n.comfyClass) && n.__continuityJob === d.job_id) || null;
+  const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+  const xmin = Math.min(...xs), xmax = Math.max(...xs, xmin + 1);
+  const ymin = Math.min(...ys), ymax = Math.max(...ys, ymin + 1e-9);
+  curve.setAttribute("points", pts.map(([x, y]) =>
+    `${((100 * (x - xmin)) / (xmax - xmin)).toFixed(2)},${(96 - (92 * (y - ymin)) / (ymax - ymin)).toFixed(2)}`).join(" "));
+  el.dataset.points = String(pts.length);
+}
+
+function trainWidget(node) {
+  if (node.continuityTrain) return node.continuityTrain;
+  ensureStyle(STYLE);
+  const el = buildElement();
+  node.continuityTrain = node.addDOMWidget("continuity_training", "continuity_training", el, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => HEIGHT,
+    getMaxHeight: () => HEIGHT,
+  });
+  return node.continuityTrain;
+}
+
+function show(node, st) {
+  if (!st) return;
+  node.continuityJob = st.job_id;
+  draw(trainWidget(node).element, st);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function nodeFor(d) {
+  const nodes = nodesOfTypes((n) => NODE_TYPES.has(n.comfyClass ?? n.type));
+  if (d.node != null) {
+    const id = String(d.node).split(":").pop();
+    const n = nodes.find((n) => String(n.id) === id);
+    if (n) return [n];
+  }
+  return nodes.filter((n) => n.continuityJob === d.job_id);
 }
 
 api.addEventListener("continuity.train.progress", (ev) => {
   const st = record(ev.detail);
   if (!st) return;
-  const node = nodeFor(st);
-  if (node) {
-    node.__continuityJob = st.job_id;
-    node.setDirtyCanvas(true, true);
-  }
+  for (const node of nodeFor(ev.detail)) show(node, st);
 });
 
-function drawCurve(ctx, node, st) {
-  const pad = 6, h = 90;
-  const w = node.size[0] - pad * 2;
-  const y0 = node.size[1] - h - pad;
-  ctx.save();
-  ctx.fillStyle = "rgba(0,0,0,0.35)";
-  ctx.fillRect(pad, y0, w, h);
-  ctx.fillStyle = "#ddd";
-  ctx.font = "11px sans-serif";
-  const loss = st.loss != null ? Number(st.loss).toPrecision(4) : "-";
-  const line = `${st.state || ""}  ${st.step ?? 0}/${st.total ?? "?"}  loss ${loss}  ETA ${fmtEta(st.eta_s)}`;
-  ctx.fillText(line, pad + 4, y0 + 13);
-  if (st.total) {
-    ctx.fillStyle = "#4a8";
-    ctx.fillRect(pad, y0 + h - 4, (w * Math.min(st.step || 0, st.total)) / st.total, 4);
-  }
-  const pts = st.points || [];
-  if (pts.length > 1) {
-    const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-    const xmin = Math.min(...xs), xmax = Math.max(...xs, xmin + 1);
-    const ymin = Math.min(...ys), ymax = Math.max(...ys, ymin + 1e-9);
-    ctx.strokeStyle = "#6cf";
-    ctx.lineWidth = 1.2;
-    ctx.beginPath();
-    pts.forEach(([x, y], i) => {
-      const px = pad + ((x - xmin) / (xmax - xmin)) * w;
-      const py = y0 + 18 + (1 - (y - ymin) / (ymax - ymin)) * (h - 26);
-      i ? ctx.lineTo(px, py) : ctx.moveTo(px, py);
-    });
-    ctx.stroke();
-  }
-  ctx.restore();
+function restore(node) {
+  const item = lastOutput(node)?.continuity_train?.[0];
+  if (item?.job_id) show(node, record(item));
 }
 
 app.registerExtension({
   name: "continuity.training",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!NODE_TYPES.has(nodeData.name)) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      trainWidget(this);
+      // room for the display below the inputs, taken from free canvas space only
+      fitNode(this, this.size[0], 0);
+      return r;
+    };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      const items = message?.continuity_train;
-      if (Array.isArray(items) && items[0]) {
-        const st = record({ ...items[0], node: this.id });
-        if (st) this.__continuityJob = st.job_id;
-        this.setDirtyCanvas(true, true);
-      }
+      const item = message?.continuity_train?.[0];
+      if (item?.job_id) show(this, record(item));
     };
-    const onDraw = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDraw?.apply(this, arguments);
-      if (this.flags?.collapsed || !this.__continuityJob) return;
-      const st = byJob.get(this.__continuityJob);
-      if (!st) return;
-      if (this.size[1] < 200) this.size[1] = 200;
-      drawCurve(ctx, this, st);
-    };
+  },
+  onNodeOutputsUpdated() {
+    for (const node of nodesOfTypes((n) => NODE_TYPES.has(n.comfyClass ?? n.type))) restore(node);
+  },
+  loadedGraphNode(node) {
+    if (!NODE_TYPES.has(node.comfyClass ?? node.type)) return;
+    fitNode(node, node.size[0], 0); // a workflow saved before the display existed
+    restore(node);
   },
 });
