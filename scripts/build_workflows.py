@@ -7,6 +7,10 @@ made by the real ComfyUI frontend: a live server with the pack, headless Chromiu
 workflow does. A node's ``_meta.note`` (ignored by the server) becomes a Note beside that node,
 used to name the model files the user must supply.
 
+Each UI workflow gets its templates-browser thumbnail, ``example_workflows/NAME.jpg``: a screenshot
+of the graph as the frontend draws it, under a band with the workflow's title and what it does
+(the browser itself shows only the file name for a custom node's template).
+
     .testenv/venv/bin/python scripts/build_workflows.py            # all
     .testenv/venv/bin/python scripts/build_workflows.py face_fix   # some
 """
@@ -21,6 +25,61 @@ import harness
 
 API_DIR = REPO / "example_workflows" / "api"
 UI_DIR = REPO / "example_workflows"
+
+# The title and one line on each workflow, shown on its thumbnail. A workflow not listed here gets
+# its file name as a title.
+TITLES = {
+    "character_grow_layer": ("Grow a character layer", "Generate one framing, keep what matches the character, add it as a new dataset version"),
+    "character_profile": ("Character profile", "Reference portraits to a saved character: trigger word, class phrase, identity"),
+    "character_record_training": ("Record a training", "Train a character's LoRA and record it in the character's profile"),
+    "character_training_plan": ("Character training plan", "Multi-stage LoRA training with the two-step fix-and-retrain loop"),
+    "check_identity_model": ("Check an identity model", "How well a face-recognition model separates your references"),
+    "clip_metrics": ("CLIP / DINO similarity", "Image-level similarity of candidates to references"),
+    "consistency_evaluation": ("Consistency evaluation", "Identity similarity of shot sets to reference portraits, with report and plots"),
+    "dataset_preparation": ("Dataset preparation", "Cut, square, audit, caption and save a versioned training dataset"),
+    "face_fix": ("Face fix", "Every face of every image fixed by inpainting with the character LoRA, in one node"),
+    "face_fix_two_pass": ("Face fix, step by step", "Mask, Lanczos crop, two inpainting passes and paste back"),
+    "feedback_loop": ("Feedback loop", "Score, fix the weak images, and make the next dataset version"),
+    "generate_with_lora": ("Generate with the character LoRA", "Text to image with the trained LoRA, scored against the references"),
+    "train_flux_animated": ("Train: Flux.1 Schnell, animated", "The paper's animated-character LoRA preset with kohya-ss sd-scripts"),
+    "train_sdxl_realistic": ("Train: SDXL, realistic", "The paper's realistic-character LoRA preset with kohya-ss sd-scripts"),
+    "train_shot_type": ("Train: shot-type LoRA", "A close-up, medium or long-shot LoRA continuing from the character LoRA"),
+    "video_identity_motion": ("Video identity and motion", "Identity over the frames of a shot and its motion intensity"),
+}
+
+THUMB = 512        # px, square: the templates browser crops its cards to squares
+BAND = 104         # px of the caption band under the graph
+
+# Hide the page around the canvas for the screenshot: only the graph (and the DOM widgets drawn
+# over it, such as text boxes) stays visible.
+JS_GRAPH_ONLY = """
+(() => {
+  let s = document.getElementById('continuity-thumbnail-style');
+  if (!s) { s = document.createElement('style'); s.id = 'continuity-thumbnail-style'; document.head.appendChild(s); }
+  s.textContent = `body * { visibility: hidden !important; }
+    .continuity-thumbnail-visible, .dom-widget, .dom-widget * { visibility: visible !important; }`;
+  app.canvas.canvas.classList.add('continuity-thumbnail-visible');
+  app.canvas.deselectAll?.();
+  const nodes = app.graph.nodes ?? app.graph._nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const r = app.canvas.canvas.getBoundingClientRect();
+  const pad = 30, w = x1 - x0 + 2 * pad, h = y1 - y0 + 2 * pad;
+  const scale = Math.min(r.width / w, r.height / h, 1.2);
+  app.canvas.ds.scale = scale;
+  app.canvas.ds.offset = [(r.width / scale - (x1 - x0)) / 2 - x0, (r.height / scale - (y1 - y0)) / 2 - y0];
+  app.canvas.setDirty(true, true);
+  return new Promise((res) => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(() => {
+    const [ax, ay] = app.canvas.ds.convertOffsetToCanvas([x0 - pad, y0 - pad]);
+    const [bx, by] = app.canvas.ds.convertOffsetToCanvas([x1 + pad, y1 + pad]);
+    res([r.left + Math.max(0, ax), r.top + Math.max(0, ay), Math.min(r.width, bx) - Math.max(0, ax),
+         Math.min(r.height, by) - Math.max(0, ay)]);
+  }, 300))));
+})()
+"""
 
 JS_BUILD = """
 (async () => {
@@ -62,6 +121,51 @@ def numeric_ids(api: dict) -> tuple[dict, dict]:
     return out, mapping
 
 
+def _font(size: int, bold: bool = False):
+    from PIL import ImageFont
+    import matplotlib
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / name
+    return ImageFont.truetype(str(path), size)
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    return [*lines, line] if line else lines
+
+
+def thumbnail(browser, stem: str, out: Path) -> None:
+    """The graph as the frontend draws it, fitted into a square, under its title and description."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+    x, y, w, h = browser.eval(JS_GRAPH_ONLY)
+    data = browser.send("Page.captureScreenshot", format="png",
+                        clip={"x": x, "y": y, "width": max(1, w), "height": max(1, h), "scale": 1})["data"]
+    graph = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    bg = graph.getpixel((2, 2))
+    img = Image.new("RGB", (THUMB, THUMB), bg)
+    room = (THUMB - 16, THUMB - BAND - 12)
+    graph.thumbnail(room, Image.Resampling.LANCZOS)
+    img.paste(graph, ((THUMB - graph.width) // 2, BAND + (THUMB - BAND - graph.height) // 2))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, THUMB, BAND - 1), fill=(24, 28, 36))
+    draw.line((0, BAND - 1, THUMB, BAND - 1), fill=(80, 160, 120), width=3)
+    title, desc = TITLES.get(stem, (stem.replace("_", " ").capitalize(), ""))
+    draw.text((18, 14), title, font=_font(28, bold=True), fill=(240, 240, 240))
+    for i, line in enumerate(_wrap(draw, desc, _font(16), THUMB - 36)[:2]):
+        draw.text((18, 54 + 21 * i), line, font=_font(16), fill=(190, 198, 210))
+    img.save(out, "JPEG", quality=85, optimize=True)
+
+
 def main(names):
     specs = sorted(API_DIR.glob("*.json"))
     if names:
@@ -73,6 +177,9 @@ def main(names):
         try:
             server.request("POST", "/settings/Comfy.TutorialCompleted", True)
             browser = harness.Browser(Path(tmp) / "profile").start(server.url)
+            # a square page, so that graphs fill their square thumbnails
+            browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=1400, deviceScaleFactor=1,
+                         mobile=False)
             browser.wait_for("!!(window.app && window.app.graph && Object.keys(LiteGraph.registered_node_types).length > 100)",
                              timeout=120)
             for path in specs:
@@ -89,7 +196,11 @@ def main(names):
                 ui.setdefault("extra", {})["continuity"] = {"api": f"example_workflows/api/{path.name}"}
                 out = UI_DIR / path.name
                 out.write_text(json.dumps(ui, indent=1) + "\n")
-                print(f"wrote {out.relative_to(REPO)} ({len(ui['nodes'])} nodes)")
+                # the thumbnail from the saved file, loaded as the templates browser loads it
+                browser.eval(f"app.loadGraphData({json.dumps(ui)}, true, true, {json.dumps(path.stem)})")
+                thumbnail(browser, path.stem, out.with_suffix(".jpg"))
+                browser.eval("document.getElementById('continuity-thumbnail-style')?.remove()")
+                print(f"wrote {out.relative_to(REPO)} ({len(ui['nodes'])} nodes) and its thumbnail")
         finally:
             if browser:
                 browser.stop()

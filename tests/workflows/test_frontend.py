@@ -14,7 +14,7 @@ import harness
 import pytest
 import workflow_support as ws
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEB_JS = sorted((REPO / "web" / "js").glob("*.js"))
 
 pytestmark = [pytest.mark.browser,
@@ -245,3 +245,25 @@ def test_training_progress_and_loss_curve_on_both_training_nodes(ui, tmp_path_fa
     switch_tab_away_and_back(ui)
     wait_display(ui, "ContinuityTrainingStatus", lambda d: d["points"] >= 2, timeout=30)
     shot(ui, "training_after_tab_switch")
+
+
+def test_templates_browser_shows_the_pack_with_thumbnails(ui):
+    """The templates browser lists the pack under its own name, each card with its thumbnail."""
+    page = ui.page
+    page.eval("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    # the pack's category in the dialog's navigation (named by locales/en/main.json)
+    page.wait_for("""Array.from(document.querySelectorAll('[role=dialog] *')).some(e => e.children.length === 0
+                     && e.textContent.trim() === 'Continuity')""", timeout=30)
+    page.eval("""(() => { const el = Array.from(document.querySelectorAll('[role=dialog] *')).find(e =>
+                 e.children.length === 0 && e.textContent.trim() === 'Continuity'); el.click(); })()""")
+    # the cards' images once they have loaded: a card without a thumbnail shows the frontend's placeholder
+    thumbs = page.wait_for("""(() => {
+        const imgs = Array.from(document.querySelectorAll('[role=dialog] img'))
+          .filter(i => i.getBoundingClientRect().width > 50);
+        return imgs.length && imgs.every(i => i.complete) ? imgs.map(i => [i.src, i.naturalWidth]) : null;
+    })()""", timeout=30)
+    shot(ui, "templates_browser")
+    assert all(w > 0 for _, w in thumbs), thumbs
+    placeholders = [src for src, _ in thumbs if "default-template" in src]
+    assert placeholders == [], f"{len(placeholders)} of {len(thumbs)} cards without a thumbnail"
+    page.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}))")

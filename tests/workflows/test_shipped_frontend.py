@@ -60,25 +60,32 @@ def test_workflow_runs_end_to_end_on_the_live_server(server, path, tmp_path_fact
     assert entry["outputs"], f"{path.name} produced no output"
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(harness.find_chromium() is None, reason="chromium not installed")
-def test_ui_workflows_load_in_the_frontend(server, browser_factory, artifacts_dir):
-    status, _ = server.request("POST", "/settings/Comfy.TutorialCompleted", True)
-    page = browser_factory(server.url)
-    page.wait_for("!!(window.app && window.app.graph && Object.keys(LiteGraph.registered_node_types).length > 100)",
-                  timeout=120)
+def test_every_workflow_is_a_template_with_a_thumbnail(server):
+    """The templates browser lists each UI workflow and shows <name>.jpg on its card."""
     templates = server.get("/workflow_templates")
+    assert sorted(templates.get(harness.PACK_LINK_NAME, [])) == sorted(p.stem for p in UI)
     for path in UI:
-        assert path.stem in templates.get(harness.PACK_LINK_NAME, []), f"{path.name} not in the template browser"
         status, raw = server.request("GET", f"/api/workflow_templates/{harness.PACK_LINK_NAME}/{path.name}")
         assert status == 200, f"template {path.name} not served"
-        ui = json.loads(raw)
+        status, jpg = server.request("GET", f"/api/workflow_templates/{harness.PACK_LINK_NAME}/{path.stem}.jpg")
+        assert status == 200 and jpg[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg: no thumbnail (build_workflows.py)"
+
+
+@pytest.mark.browser
+def test_ui_workflows_load_in_the_frontend(ui):
+    """Every shipped workflow loads in each frontend (and renderer) exactly as its API twin."""
+    page = ui.page
+    for path in UI:
+        status, raw = ui.server.request("GET", f"/api/workflow_templates/{harness.PACK_LINK_NAME}/{path.name}")
+        assert status == 200, f"template {path.name} not served"
+        graph = json.loads(raw)
         page.eval("app.graph.clear()")
-        page.eval(f"app.loadGraphData({json.dumps(ui)}, true, true, {json.dumps(path.stem)})")
-        missing = page.eval("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
-        assert missing == [], f"{path.name}: missing node types {missing}"
+        page.eval(f"app.loadGraphData({json.dumps(graph)}, true, true, {json.dumps(path.stem)})")
+        nodes = "(app.graph.nodes ?? app.graph._nodes)"
+        missing = page.eval(f"{nodes}.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+        assert missing == [], f"{ui.name} {path.name}: missing node types {missing}"
         # widget values the frontend accepts: combos hold one of their options, numbers within range
-        bad = page.eval("""app.graph._nodes.flatMap(n => (n.widgets || []).filter(w => {
+        bad = page.eval(nodes + """.flatMap(n => (n.widgets || []).filter(w => {
               if (w.type === 'combo') { const v = w.options?.values; const vals = typeof v === 'function' ? v() : v;
                                         return Array.isArray(vals) && vals.length && !vals.includes(w.value); }
               if (w.type === 'number') { return (w.options?.min !== undefined && w.value < w.options.min) ||
@@ -89,9 +96,9 @@ def test_ui_workflows_load_in_the_frontend(server, browser_factory, artifacts_di
         user_combos = {"ContinuityLoadCharacter.name"}
         bad = [b for b in bad if b.split("=")[0].split(".")[-1] not in model_combos
                and b.split("=")[0] not in user_combos]
-        assert bad == [], f"{path.name}: widget values out of range: {bad}"
+        assert bad == [], f"{ui.name} {path.name}: widget values out of range: {bad}"
         # the UI graph serialises to the same API prompt as its twin
         prompt = page.eval("app.graphToPrompt().then(p => p.output)")
         api = ws.load_api(REPO / "example_workflows" / "api" / path.name)
-        assert ws.signature(prompt) == ws.signature(api), f"{path.name}: UI and API formats differ"
-        page.screenshot(artifacts_dir / "workflows" / f"{path.stem}.png")
+        assert ws.signature(prompt) == ws.signature(api), f"{ui.name} {path.name}: UI and API formats differ"
+        page.screenshot(ui.shots / "workflows" / f"{path.stem}.png")
