@@ -40,7 +40,7 @@ TITLES = {
     "face_fix": ("Face fix", "Every face of every image fixed by inpainting with the character LoRA, in one node"),
     "face_fix_two_pass": ("Face fix, step by step", "Mask, Lanczos crop, two inpainting passes and paste back"),
     "feedback_loop": ("Feedback loop", "Score, fix the weak images, and make the next dataset version"),
-    "generate_with_lora": ("Generate with the character LoRA", "Text to image with the trained LoRA, scored against the references"),
+    "generate_with_lora": ("Generate with the LoRA", "Text to image with the trained LoRA, scored against the references"),
     "train_flux_animated": ("Train: Flux.1 Schnell, animated", "The paper's animated-character LoRA preset with kohya-ss sd-scripts"),
     "train_sdxl_realistic": ("Train: SDXL, realistic", "The paper's realistic-character LoRA preset with kohya-ss sd-scripts"),
     "train_shot_type": ("Train: shot-type LoRA", "A close-up, medium or long-shot LoRA continuing from the character LoRA"),
@@ -60,6 +60,7 @@ JS_GRAPH_ONLY = """
     .continuity-thumbnail-visible, .dom-widget, .dom-widget * { visibility: visible !important; }`;
   app.canvas.canvas.classList.add('continuity-thumbnail-visible');
   app.canvas.deselectAll?.();
+  app.canvas.low_quality_zoom_threshold = 0;  // text drawn even on a zoomed-out graph
   const nodes = app.graph.nodes ?? app.graph._nodes;
   let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
   for (const n of nodes) {
@@ -85,11 +86,21 @@ JS_BUILD = """
 (async () => {
   const api = %s;
   const notes = %s;
+  // the pack's nodes that show a table or text report after a run (web/js/continuity.js)
+  const REPORT_NODES = ["ContinuityFaceSimilarity", "ContinuityConsistencyReport", "ContinuityFaceRegionMask",
+                        "ContinuityFaceFix"];
   await app.loadApiJson(api, %s);
   // image and video loaders grow when the user's file shows its preview: make room before arranging
   for (const n of app.graph._nodes) {
     if (["LoadImage", "LoadImageMask", "LoadVideo"].includes(n.type)) {
       n.size = [Math.max(n.size[0], 320), Math.max(n.size[1], 460)];
+    }
+    // so do image savers and previews for the image they will show, and the pack's output nodes
+    // for the table or report they show after a run (it scrolls when it needs more)
+    if (["SaveImage", "PreviewImage"].includes(n.type)) {
+      n.size = [Math.max(n.size[0], 300), Math.max(n.size[1], 300)];
+    } else if (REPORT_NODES.includes(n.type)) {
+      n.size = [Math.max(n.size[0], 340), n.size[1] + 150];
     }
   }
   app.graph.arrange?.();
@@ -102,6 +113,8 @@ JS_BUILD = """
     app.graph.add(note);
     if (target) note.pos = [target.pos[0], target.pos[1] - 190];
   }
+  app.canvas.ds.scale = 1;  // the view the file opens with, whatever the last thumbnail needed
+  app.canvas.ds.offset = [0, 0];
   const g = app.graph.serialize();
   return JSON.stringify(g);
 })()
@@ -160,7 +173,10 @@ def thumbnail(browser, stem: str, out: Path) -> None:
     draw.rectangle((0, 0, THUMB, BAND - 1), fill=(24, 28, 36))
     draw.line((0, BAND - 1, THUMB, BAND - 1), fill=(80, 160, 120), width=3)
     title, desc = TITLES.get(stem, (stem.replace("_", " ").capitalize(), ""))
-    draw.text((18, 14), title, font=_font(28, bold=True), fill=(240, 240, 240))
+    size = 28
+    while size > 16 and draw.textlength(title, font=_font(size, bold=True)) > THUMB - 36:
+        size -= 1
+    draw.text((18, 14 + (28 - size) // 2), title, font=_font(size, bold=True), fill=(240, 240, 240))
     for i, line in enumerate(_wrap(draw, desc, _font(16), THUMB - 36)[:2]):
         draw.text((18, 54 + 21 * i), line, font=_font(16), fill=(190, 198, 210))
     img.save(out, "JPEG", quality=85, optimize=True)

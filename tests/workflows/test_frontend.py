@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.browser,
 # LiteGraph nodes are converted from canvas to screen coordinates; Nodes 2.0 nodes are elements.
 # The elements of a node's pack displays: the DOM widgets the pack's scripts add (named continuity_*).
 PACK_DISPLAYS_JS = """var packDisplays = (n) => (n.widgets || [])
-  .filter((w) => w.element && String(w.name).startsWith('continuity_') && w.element.isConnected)
+  .filter((w) => w.element && String(w.name).startsWith('continuity_'))
   .map((w) => w.element);"""
 
 GEOMETRY_JS = PACK_DISPLAYS_JS + """(() => {
@@ -266,4 +266,41 @@ def test_templates_browser_shows_the_pack_with_thumbnails(ui):
     assert all(w > 0 for _, w in thumbs), thumbs
     placeholders = [src for src, _ in thumbs if "default-template" in src]
     assert placeholders == [], f"{len(placeholders)} of {len(thumbs)} cards without a thumbnail"
-    page.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}))")
+    close_dialogs(page)
+
+
+def close_dialogs(page):
+    """Close the dialog as a user does: its close button (or Escape)."""
+    page.eval("""(() => {
+        const b = Array.from(document.querySelectorAll('[role=dialog] button')).find(b =>
+            /close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, [class*=lucide--x]'));
+        if (b) b.click();
+        else document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));
+    })()""")
+    page.wait_for("!document.querySelector('[role=dialog]')", timeout=15)
+
+
+def test_shipped_layout_after_a_run_keeps_displays_inside_their_nodes(ui):
+    """consistency_evaluation as shipped: after a run, no report covers a neighbour or a widget."""
+    graph = json.loads((REPO / "example_workflows" / "consistency_evaluation.json").read_text())
+    api = ws.load_api(REPO / "example_workflows" / "api" / "consistency_evaluation.json")
+    ws.provide_model_files(ui.server.base, api)
+    ws.provide_inputs(ui.server.base, api)
+    ui.page.eval("app.graph.clear()")
+    ui.page.eval(f"app.loadGraphData({json.dumps(graph)}, true, true, 'consistency_evaluation')")
+    ui.page.eval("app.canvas.ds.scale = 0.55; app.canvas.ds.offset = [40, 120]; app.canvas.setDirty(true, true)")
+    before = overlapping_pairs(geometry(ui.page))
+    queue(ui)
+    wait_display(ui, "ContinuityConsistencyReport", lambda d: d["text"], timeout=300)
+    rows_js = """(app.graph.nodes ?? app.graph._nodes).filter(n => n.type === 'ContinuityFaceSimilarity')
+        .map(n => Math.max(0, ...packDisplays(n).map(d => d.querySelectorAll('tbody tr').length)))"""
+    try:
+        ui.page.wait_for(PACK_DISPLAYS_JS + f"(() => {{ const r = {rows_js}; return r.length && r.every(x => x > 0); }})()",
+                         timeout=120)
+    finally:
+        shot(ui, "consistency_evaluation_after_run")
+    assert len(ui.page.eval(PACK_DISPLAYS_JS + rows_js)) >= 2
+    geo = geometry(ui.page)
+    shot(ui, "consistency_evaluation_after_run")
+    check_displays(geo)
+    assert overlapping_pairs(geo) <= before, "a node grown for its report covers another"

@@ -103,6 +103,7 @@ function reportWidget(node) {
     getMinHeight: () => MIN_HEIGHT,
     getMaxHeight: () => node.continuityReportHeight ?? MAX_HEIGHT,
   });
+  node.continuityReport.serialize = false; // not saved in widgets_values: it shows outputs, it holds no input
   return node.continuityReport;
 }
 

@@ -125,6 +125,7 @@ function trainWidget(node) {
     getMinHeight: () => HEIGHT,
     getMaxHeight: () => HEIGHT,
   });
+  node.continuityTrain.serialize = false; // not saved in widgets_values: it shows outputs, it holds no input
   return node.continuityTrain;
 }
 
