@@ -44,6 +44,9 @@ TITLES = {
     "train_flux_animated": ("Train: Flux.1 Schnell, animated", "The paper's animated-character LoRA preset with kohya-ss sd-scripts"),
     "train_sdxl_realistic": ("Train: SDXL, realistic", "The paper's realistic-character LoRA preset with kohya-ss sd-scripts"),
     "train_shot_type": ("Train: shot-type LoRA", "A close-up, medium or long-shot LoRA continuing from the character LoRA"),
+    "cast_face_fix": ("Cast face fix", "Every character of a still found by identity and fixed with their own LoRA"),
+    "video_shot_face_fix": ("Video shot face fix", "A shot's faces tracked and fixed frame by frame, with the flicker report"),
+    "video_crop_sequence": ("Video crop sequence", "A face track's stable crops, for a video inpainting model, pasted back"),
     "video_identity_motion": ("Video identity and motion", "Identity over the frames of a shot and its motion intensity"),
 }
 
