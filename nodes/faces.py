@@ -17,6 +17,9 @@ from ..continuity.faces.draw import FaceBatch, draw_faces, overlay
 from . import _common
 from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Faces
+from ._types import Cast as CastType
+
+CAST_CHOICE = "cast"
 
 # Pro-backend weights live in ComfyUI model folders (models/facexlib, models/insightface).
 for _name in ("facexlib", "insightface"):
@@ -145,9 +148,10 @@ class FaceRegionMask(io.ComfyNode):
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Load Face Model."),
                 io.Image.Input("images", tooltip="A batch of images (RGB, RGBA or grey)."),
-                io.Combo.Input("which", options=[*cmasks.WHICH, CHARACTER_CHOICE], default="largest",
+                io.Combo.Input("which", options=[*cmasks.WHICH, CHARACTER_CHOICE, CAST_CHOICE], default="largest",
                                tooltip="Which face: the largest, the most confident, the one at 'index' (0 = largest), "
-                                       "all of them, or " + WHICH_TIP),
+                                       "all of them, or " + WHICH_TIP + " cast: every face given to a member of the "
+                                       "connected cast (by identity, one face per member); the others are left out."),
                 io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index (0 = largest)."),
                 *regions,
                 io.Float.Input("grow", default=0.0, min=-4096.0, max=4096.0, step=0.5,
@@ -167,6 +171,9 @@ class FaceRegionMask(io.ComfyNode):
                             tooltip="Faces already found by Detect Faces on these images (skips detection)."),
                 character_input("A character profile (Load Character), used when which is 'character': the face "
                                 "most similar to it is masked, with the face model's identity embedder."),
+                CastType.Input("cast", optional=True,
+                               tooltip="A cast (Make Cast / Load Cast), used when which is 'cast': the faces of its "
+                                       "members are masked; 'info' says which face is whose and which are unknown."),
             ],
             outputs=[
                 io.Mask.Output("mask", display_name="mask", tooltip="One mask per image, same size and order."),
@@ -185,10 +192,11 @@ class FaceRegionMask(io.ComfyNode):
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, face_model, images, which, index, grow, grow_unit, feather, fill_holes, min_size, if_no_face,
-                faces=None, character=None, **switches) -> io.NodeOutput:
+                faces=None, character=None, cast=None, **switches) -> io.NodeOutput:
         regions = [r for r in cf.REGIONS if switches.get(r)]
         if not regions:
             raise ContinuityError("no region is switched on", input="skin")
+        cast_pick = _cast_picker(face_model, cast, which)
         chooser = CharacterChooser(face_model, character, which)
         notes = [n for n in (chooser.note(), chooser.identity_line()) if n]
         rgbs = _rgb_list(images)
@@ -209,13 +217,15 @@ class FaceRegionMask(io.ComfyNode):
             if not found and if_no_face == "error":
                 raise ContinuityError(f"no face found in image {i} of the batch", input="images")
             chosen = None
-            if chooser.active:
+            if cast_pick is not None:
+                chosen = cast_pick(rgb, found, i, notes)
+            elif chooser.active:
                 match = chooser.match(rgb, found, i)
                 notes.append(match.describe(i))
                 if found and match.chosen is None and if_no_face == "error":
                     raise ContinuityError(match.describe(i), input="character")
                 chosen = [match.chosen] if match.chosen is not None else []
-            res = cmasks.region_masks(rgb, found, regions=regions, which="all" if chooser.active else which,
+            res = cmasks.region_masks(rgb, found, regions=regions, which=which if chosen is None else "all",
                                       index=index, grow=grow, grow_unit=grow_unit, feather=feather,
                                       fill_holes=fill_holes, parser=face_model.parser, image_index=i, chosen=chosen)
             unavailable = res.unavailable
@@ -234,6 +244,23 @@ class FaceRegionMask(io.ComfyNode):
         shown = ui.PreviewImage(preview, cls=cls).as_dict()
         shown["continuity_text"] = [info]
         return io.NodeOutput(_stack(masks), preview, total, info, ui=shown)
+
+
+def _cast_picker(face_model, cast, which: str):
+    """choose(rgb, faces, i, notes) -> the faces of the cast's members, when which is 'cast'."""
+    if which != CAST_CHOICE:
+        return None
+    if cast is None:
+        raise ContinuityError("which is 'cast' but no cast is connected: connect Make Cast or Load Cast", input="cast")
+    from ..continuity.cast import cast_faces
+    from .character import face_backend
+    det, emb, _ = face_backend(face_model)
+
+    def choose(rgb, found, i, notes):
+        ic = cast_faces(rgb, found, cast, emb, detector=det)
+        notes.extend(ic.describe(i))
+        return [f for _, f in ic.chosen()]
+    return choose
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

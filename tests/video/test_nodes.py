@@ -170,3 +170,22 @@ def test_errors_name_node_and_input(comfy, shot_folder):
     g["o"] = {"class_type": "PreviewAny", "inputs": {"source": ["cast", 1]}}
     ok, err, _, node_errors = comfy.validate(g)
     assert not ok and "names" in json.dumps(node_errors)
+
+
+def test_face_region_mask_with_a_cast(comfy, shot_folder):
+    folder, shot = shot_folder
+    g = _base(folder)
+    g["ca"] = {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "vid_d", "revision": 0}}
+    g["cast"] = {"class_type": "ContinuityMakeCast", "inputs": {"character_1": ["ca", 0]}}
+    regions = {"skin": True, "brows": True, "eyes": True, "nose": True, "mouth": True, "ears": False, "hair": False,
+               "beard": False, "neck": False, "glasses": False, "hat": False}
+    g["mk"] = {"class_type": "ContinuityFaceRegionMask",
+               "inputs": {"face_model": ["fm", 0], "images": ["fr", 0], "which": "cast", "index": 0, **regions,
+                          "grow": 0.0, "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 16,
+                          "if_no_face": "empty mask", "cast": ["cast", 0]}}
+    g["o"] = {"class_type": "PreviewImage", "inputs": {"images": ["mk", 1]}}
+    res = comfy.run(g)
+    mask, info = res.value("mk", 0), res.value("mk", 3)
+    assert mask.shape == (N, H, W)
+    assert float(mask[..., 160:].sum()) > 100 and float(mask[..., :150].sum()) == 0    # only d's face (right)
+    assert "vid_d: face #" in info and "unknown, left alone" in info
