@@ -185,3 +185,23 @@ def test_flicker_higher_for_a_jittered_fix(shot, analyzer):
     m = lambda v: float(np.mean([x for x in v if x is not None]))
     assert m(after_jitter) > 2 * m(after_stable)
     assert m(after_stable) < m(before) + 3.0
+
+
+def test_windows_are_padded_at_the_border_not_shifted(shot, analyzer):
+    ts = _run(shot, analyzer)
+    leaving = next(t for t in ts.tracks if t.first >= CUT and _who(shot, t) == {"b"})
+    tc = stable_track_crop(leaving, (H, W), lambda f: None, target=64)
+    assert min(b.x0 for b in tc.boxes) < 0                         # the window runs off the left edge ...
+    crops, _ = crop_sequence(shot.frames.astype(np.float32) / 255.0, tc)
+    c = tc.centres()
+    assert np.abs(np.diff(c[:, 0])).max() <= 12                    # ... and keeps following the face smoothly
+    assert crops.shape[0] == len(tc) and np.isfinite(crops).all()
+
+
+def test_stable_verdict_is_calibrated_on_the_input():
+    from continuity.tracks import TrackFlicker
+    fl = TrackFlicker(0, "a", list(range(5)), change_before=[None, 2.0, 2.2, 1.8, 2.0],
+                      change_after=[None, 2.1, 2.3, 2.0, 2.2])
+    assert fl.stable is True and abs(fl.stable_limit - 3.0) < 1e-6     # 2.0 + max(2 x 0.14, 1 grey level)
+    fl.change_after = [None, 5.0, 7.0, 6.0, 5.5]
+    assert fl.stable is False and "FLICKERS" in fl.describe()
