@@ -1,4 +1,4 @@
-"""Dataset nodes through ComfyUI's executor (in-process) and the live server."""
+"""Dataset nodes through ComfyUI's executor, in-process."""
 import hashlib
 import json
 import os
@@ -138,26 +138,3 @@ def _iou(a, b):
 def _has_node(name):
     import nodes
     return name in nodes.NODE_CLASS_MAPPINGS
-
-
-def test_live_server_version_and_merge(server, faces_dir):
-    _copy_faces(faces_dir, server.base / "input" / "live_src", [3, 12])
-    save = {"1": _load("live_src"),
-            "2": {"class_type": "ContinuitySaveDatasetVersion",
-                  "inputs": {"images": ["1", 0], "name": "live", "note": "", "captions": ["1", 3],
-                             "filenames": ["1", 2]}}}
-    server.run(save)
-    v1 = server.base / "output" / "continuity" / "datasets" / "live" / "v1"
-    before = _tree_hashes(v1)
-    merge = {"1": {"class_type": "ContinuityLoadDatasetVersion", "inputs": {"name": "live", "version": 1}},
-             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 1]}},
-             "3": {"class_type": "ContinuityMergeFixedImages",
-                   "inputs": {"dataset": ["1", 0], "fixed_images": ["2", 0], "filenames": ["1", 3], "note": "fix"}}}
-    server.run(merge)
-    man2 = json.load(open(v1.parent / "v2" / "manifest.json"))
-    assert man2["parent"] == "v1" and man2["provenance"]["replaced"] == ["img12.png", "img3.png"]
-    assert _tree_hashes(v1) == before
-    status, body = server.post_prompt({"1": _load("live_src"),
-                                       "2": {"class_type": "ContinuitySaveDatasetVersion",
-                                             "inputs": {"images": ["1", 0], "name": "a/b", "note": ""}}})
-    assert status == 400 and "input 'name'" in json.dumps(body)
