@@ -16,7 +16,7 @@ def _fast(prompt: dict) -> dict:
     prompt = ws.for_tiny_models(prompt)
     for node in prompt.values():
         if node["class_type"] == "ContinuityVideoFaceFix":
-            node["inputs"].update(steps=2, target_size=64, min_size=32)
+            node["inputs"].update(steps=1, target_size=64, min_size=32)
     return prompt
 
 
