@@ -150,46 +150,6 @@ def test_every_pack_script_loads_and_registers(ui):
     assert ours == []
 
 
-def test_report_table_shown_kept_across_tabs_and_inside_its_node(ui, faces_dir):
-    """Queued from the page: Face Similarity's table and Consistency Report's text on their nodes."""
-    for folder, names in (("fe_refs", ["img1.jpg", "img2.jpg"]), ("fe_cands", ["img4.jpg", "img13.jpg"])):
-        d = ui.server.base / "input" / folder
-        d.mkdir(parents=True, exist_ok=True)
-        for n in names:
-            shutil.copy(faces_dir / n, d / n)
-    lf = lambda folder: {"class_type": "ContinuityLoadImageFolder",
-                         "inputs": {"folder": folder, "mode": "list", "recursive": False, "start": 0, "limit": 0,
-                                    "caption_extension": ".txt"}}
-    api = {"1": lf("fe_refs"), "2": lf("fe_cands"),
-           "3": {"class_type": "ContinuityFaceSimilarity",
-                 "inputs": {"references": ["1", 0], "candidates": ["2", 0], "model": "dlib", "face_policy": "largest",
-                            "set_name": "frontend", "filenames": ["2", 2]}},
-           "4": {"class_type": "ContinuityConsistencyReport",
-                 "inputs": {"scores_1": ["3", 0], "plot_model": "", "save": False,
-                            "filename_prefix": "continuity/reports/frontend"}}}
-    load_api(ui, api, "scores")
-    before = overlapping_pairs(geometry(ui.page))
-    queue(ui)
-    table = wait_display(ui, "ContinuityFaceSimilarity", lambda d: d["rows"])
-    assert [r[0] for r in table["rows"]] == ["img4.jpg", "img13.jpg"]
-    assert table["rows"][0][-1] == "true" and table["rows"][1][-1] == "false"  # same person passes, another not
-    wait_display(ui, "ContinuityConsistencyReport", lambda d: d["text"])
-    ui.page.wait_for("""(() => { const n = (app.graph.nodes ?? app.graph._nodes).find(n => n.type === 'ContinuityConsistencyReport');
-        return (n?.imgs?.length ?? 0) > 0 || !!document.querySelector(`.lg-node[data-node-id="${n?.id}"] img`); })()""",
-                     timeout=60)
-    geo = geometry(ui.page)
-    shot(ui, "similarity_table")
-    check_displays(geo)
-    assert overlapping_pairs(geo) <= before, "a node grown for its report covers another"
-    # another workflow tab and back: the nodes are new objects; the reports come back from the last output
-    switch_tab_away_and_back(ui)
-    again = wait_display(ui, "ContinuityFaceSimilarity", lambda d: d["rows"], timeout=30)
-    assert again["rows"] == table["rows"]
-    wait_display(ui, "ContinuityConsistencyReport", lambda d: d["text"], timeout=30)
-    shot(ui, "similarity_table_after_tab_switch")
-    check_displays(geometry(ui.page))
-
-
 def test_mask_overlay_and_report_on_the_mask_node(ui, faces_dir):
     shutil.copy(faces_dir / "couple.jpg", ui.server.base / "input" / "fe_couple.jpg")
     api = {"1": {"class_type": "LoadImage", "inputs": {"image": "fe_couple.jpg"}},
@@ -280,8 +240,16 @@ def close_dialogs(page):
     page.wait_for("!document.querySelector('[role=dialog]')", timeout=15)
 
 
+def similarity_tables(page):
+    """Title -> rows of the table on each Face Similarity node."""
+    return page.eval(PACK_DISPLAYS_JS + """Object.fromEntries((app.graph.nodes ?? app.graph._nodes)
+        .filter(n => n.type === 'ContinuityFaceSimilarity').map(n => [n.title, packDisplays(n).flatMap(d =>
+          Array.from(d.querySelectorAll('tbody tr')).map(tr => Array.from(tr.cells).map(td => td.textContent)))]))""")
+
+
 def test_shipped_layout_after_a_run_keeps_displays_inside_their_nodes(ui):
-    """consistency_evaluation as shipped: after a run, no report covers a neighbour or a widget."""
+    """consistency_evaluation as shipped, queued from the page: a table on every similarity node and the
+    report, none covering a neighbour or a widget, all back after a workflow-tab switch."""
     graph = json.loads((REPO / "example_workflows" / "consistency_evaluation.json").read_text())
     api = ws.load_api(REPO / "example_workflows" / "api" / "consistency_evaluation.json")
     ws.provide_model_files(ui.server.base, api)
@@ -292,15 +260,27 @@ def test_shipped_layout_after_a_run_keeps_displays_inside_their_nodes(ui):
     before = overlapping_pairs(geometry(ui.page))
     queue(ui)
     wait_display(ui, "ContinuityConsistencyReport", lambda d: d["text"], timeout=300)
-    rows_js = """(app.graph.nodes ?? app.graph._nodes).filter(n => n.type === 'ContinuityFaceSimilarity')
-        .map(n => Math.max(0, ...packDisplays(n).map(d => d.querySelectorAll('tbody tr').length)))"""
     try:
-        ui.page.wait_for(PACK_DISPLAYS_JS + f"(() => {{ const r = {rows_js}; return r.length && r.every(x => x > 0); }})()",
+        ui.page.wait_for(PACK_DISPLAYS_JS + """(() => { const n = (app.graph.nodes ?? app.graph._nodes)
+            .filter(n => n.type === 'ContinuityFaceSimilarity');
+            return n.length && n.every(n => packDisplays(n).some(d => d.querySelectorAll('tbody tr').length)); })()""",
                          timeout=120)
     finally:
         shot(ui, "consistency_evaluation_after_run")
-    assert len(ui.page.eval(PACK_DISPLAYS_JS + rows_js)) >= 2
+    tables = similarity_tables(ui.page)
+    # the same person passes against the references, other people do not (last column: passes)
+    assert tables["Similarity set 1"] and all(r[-1] == "true" for r in tables["Similarity set 1"])
+    assert tables["Similarity set 2"] and all(r[-1] == "false" for r in tables["Similarity set 2"])
     geo = geometry(ui.page)
-    shot(ui, "consistency_evaluation_after_run")
     check_displays(geo)
     assert overlapping_pairs(geo) <= before, "a node grown for its report covers another"
+    # another workflow tab and back: new node objects; the reports come back from the last outputs
+    switch_tab_away_and_back(ui)
+    ui.page.wait_for(PACK_DISPLAYS_JS + """(() => (app.graph.nodes ?? app.graph._nodes)
+        .filter(n => n.type === 'ContinuityConsistencyReport').every(n => packDisplays(n).some(d => d.textContent)))()""",
+                     timeout=30)
+    assert similarity_tables(ui.page) == tables
+    shot(ui, "consistency_evaluation_after_tab_switch")
+    geo = geometry(ui.page)
+    check_displays(geo)
+    assert overlapping_pairs(geo) <= before
