@@ -171,17 +171,19 @@ def thumbnail(browser, stem: str, out: Path) -> None:
     img = Image.new("RGB", (THUMB, THUMB), bg)
     room = (THUMB - 16, THUMB - BAND - 12)
     graph.thumbnail(room, Image.Resampling.LANCZOS)
-    img.paste(graph, ((THUMB - graph.width) // 2, BAND + (THUMB - BAND - graph.height) // 2))
+    # the graph above, the caption band below (newer frontends put badges on a card's top corners)
+    img.paste(graph, ((THUMB - graph.width) // 2, (THUMB - BAND - graph.height) // 2))
     draw = ImageDraw.Draw(img)
-    draw.rectangle((0, 0, THUMB, BAND - 1), fill=(24, 28, 36))
-    draw.line((0, BAND - 1, THUMB, BAND - 1), fill=(80, 160, 120), width=3)
+    top = THUMB - BAND
+    draw.rectangle((0, top, THUMB, THUMB), fill=(24, 28, 36))
+    draw.line((0, top, THUMB, top), fill=(80, 160, 120), width=3)
     title, desc = TITLES.get(stem, (stem.replace("_", " ").capitalize(), ""))
     size = 28
     while size > 16 and draw.textlength(title, font=_font(size, bold=True)) > THUMB - 36:
         size -= 1
-    draw.text((18, 14 + (28 - size) // 2), title, font=_font(size, bold=True), fill=(240, 240, 240))
+    draw.text((18, top + 14 + (28 - size) // 2), title, font=_font(size, bold=True), fill=(240, 240, 240))
     for i, line in enumerate(_wrap(draw, desc, _font(16), THUMB - 36)[:2]):
-        draw.text((18, 54 + 21 * i), line, font=_font(16), fill=(190, 198, 210))
+        draw.text((18, top + 54 + 21 * i), line, font=_font(16), fill=(190, 198, 210))
     img.save(out, "JPEG", quality=85, optimize=True)
 
 

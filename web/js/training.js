@@ -49,8 +49,13 @@ export function record(d) {
   if (Array.isArray(d.losses) && d.losses.length >= points.length) {
     st.points = d.losses.filter((p) => Array.isArray(p) && p.length >= 2).map((p) => [Number(p[0]), Number(p[1])]);
   } else if (Array.isArray(d.point) && d.point.length >= 2) {
+    // kept in step order, one point per step: messages from the node and from the job registry
+    // can arrive interleaved
     const p = [Number(d.point[0]), Number(d.point[1])];
-    if (!points.length || points[points.length - 1][0] !== p[0]) points.push(p);
+    let i = points.length;
+    while (i > 0 && points[i - 1][0] > p[0]) i--;
+    if (i > 0 && points[i - 1][0] === p[0]) points[i - 1] = p;
+    else points.splice(i, 0, p);
     if (points.length > MAX_POINTS) st.points = points.filter((_, i) => i % 2 === 0);
   }
   byJob.set(d.job_id, st);
