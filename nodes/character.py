@@ -23,6 +23,12 @@ def characters_root() -> str:
     return os.path.join(_common.output_dir(), "continuity", "characters")
 
 
+def character_datasets(char) -> str:
+    """Where a character's dataset versions live: ``output/continuity/datasets/<character>``, the one
+    dataset root (Save Dataset Version with a character writes there too)."""
+    return os.path.join(_common.output_dir(), "continuity", "datasets", char.name)
+
+
 def _profile_options() -> list[str]:
     try:
         names = charlib.list_profiles(characters_root())
@@ -715,7 +721,7 @@ class GrowCharacterLayer(io.ComfyNode):
                       "resolution": g["resolution"], "scale": scale, "face_model": getattr(emb, "name", ""),
                       "threshold": thr, "style_threshold": char.style_threshold if need_style else None,
                       "style": style_info}
-        result = growth.write_layer(os.path.join(char.folder, "datasets"), layer, cands, outs, previous=prev_dir,
+        result = growth.write_layer(character_datasets(char), layer, cands, outs, previous=prev_dir,
                                     caption=growth.LAYER_PROMPT[layer], provenance=provenance)
         new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
                                      path=result.folder, note=f"layer {layer}: {result.kept}/{len(cands)} kept",
@@ -848,7 +854,7 @@ def refine_dataset(char, model, clip, vae, *, lora_path: str, dataset_dir: str, 
                           "kept_if": "the fixed image scores higher"},
                   "captions": "trigger word, class phrase, framing (as the dataset's captions)" if carry
                               else "framing words (the training preset adds the trigger word and class phrase)"}
-    version, folder, sub = planlib.write_refined_version(os.path.join(char.folder, "datasets"), dataset_dir, recs,
+    version, folder, sub = planlib.write_refined_version(character_datasets(char), dataset_dir, recs,
                                                          final, provenance=provenance)
     summary = planlib.refine_summary(recs, version=version, folder=folder, subfolder=sub, previous=dataset_dir,
                                      previous_images=len(planlib.select_subset(dataset_dir, ["*"])), threshold=thr,

@@ -10,15 +10,12 @@ into a new dataset version.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..errors import ContinuityError
-from ..fsutil import new_version_folder
 
 # The framing ladder; each step widens the canvas by ``scale`` (area grows by scale^2).
 LAYERS = ("closeup", "closeup_portrait", "portrait", "three_quarter", "full_body")
@@ -260,57 +257,63 @@ class LayerResult:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def _png(path: str, rgb: np.ndarray) -> None:
-    from PIL import Image
+def _previous_items(previous: str) -> tuple[list, int | None, str | None]:
+    """The images of the previous version as items to carry over, its number, and its dataset root.
 
-    from ..faces.base import as_uint8_rgb
-    Image.fromarray(as_uint8_rgb(rgb)).save(path, format="PNG")
+    A folder with a ``manifest.json`` is a dataset version and is read through the store (a manifest
+    the pack did not write is refused); any other folder (a dataset the user made by hand) gives its
+    images and captions, every file confined to the folder.
+    """
+    from ..dataset import versions as vs
+    from ..imageio import list_images, read_caption
+    if os.path.isfile(os.path.join(previous, vs.MANIFEST)):
+        real = os.path.realpath(previous)
+        base, vname = os.path.split(real)
+        if not vname.startswith("v") or not vname[1:].isdigit():
+            raise ContinuityError("the previous dataset version is not a vN folder", input="character")
+        ver = vs.load_version(os.path.dirname(base), os.path.basename(base), int(vname[1:]), input="character")
+        return [vs.carried_over(ver, rec, input="character") for rec in ver.items], ver.number, base
+    items = []
+    for rel in list_images(previous, recursive=True, roots=[previous], input="character"):
+        path = os.path.join(previous, rel)
+        cap = os.path.splitext(path)[0] + ".txt"
+        items.append(vs.Item(filename=rel, keep_file=rel.replace(os.sep, "/"), src_path=path, source=rel,
+                             caption=read_caption(path, roots=[previous]),
+                             src_caption_path=cap if os.path.isfile(cap) else ""))
+    return items, None, None
 
 
 def write_version(datasets_dir: str, sub: str, entries: list[tuple[str, np.ndarray, str]], *,
                   previous: str | None, provenance) -> tuple[int, str, str, list[str]]:
-    """A new dataset version ``datasets_dir/vN``: the previous version's files as they are (hard links,
-    else copies), plus the sub-folder ``sub`` (``sub_2``, ... if the previous version has one) with
-    ``entries`` (stem, RGB image, caption) as PNG + ``.txt`` and a ``provenance.json``.
+    """A new version of the dataset ``datasets_dir`` (``<root>/<name>``, written by the one dataset writer,
+    :func:`continuity.dataset.versions.save_version`): the previous version's images as they are, plus
+    the sub-folder ``sub`` (``sub_2``, ... if the previous version has one) with ``entries`` (stem, RGB
+    image, caption) as PNG + ``.txt``.
 
-    ``provenance(sub_rel, files)`` returns the provenance dict, given the sub-folder's name and the
-    entries' file paths relative to the version folder. Built under a temporary name and moved into
-    place when complete: an existing version is never changed. Returns (version, folder, sub, files).
+    ``provenance(sub_rel, files)`` returns the provenance dict (stored in the signed manifest), given the
+    sub-folder's name and the entries' file paths relative to the version folder. The previous version
+    is never changed. Returns (version, folder, sub, files).
     """
+    from ..dataset import versions as vs
     if previous and not os.path.isdir(previous):
-        raise ContinuityError(f"the previous dataset version {previous} is missing", input="character")
-    out: dict = {}
-
-    def build(stage: str):
-        if previous:
-            for entry in os.listdir(previous):
-                if entry.startswith("."):
-                    continue
-                src, dst = os.path.join(previous, entry), os.path.join(stage, entry)
-                if os.path.isdir(src):
-                    shutil.copytree(src, dst, copy_function=_link_or_copy)
-                else:
-                    _link_or_copy(src, dst)
-        folder = os.path.join(stage, sub)
-        if os.path.exists(folder):  # the previous version has this sub-folder already: keep both
-            n = 2
-            while os.path.exists(f"{folder}_{n}"):
-                n += 1
-            folder = f"{folder}_{n}"
-        os.makedirs(folder)
-        files = []
-        for stem, img, caption in entries:
-            _png(os.path.join(folder, stem + ".png"), img)
-            with open(os.path.join(folder, stem + ".txt"), "w", encoding="utf-8") as fh:
-                fh.write(caption + "\n")
-            files.append(os.path.relpath(os.path.join(folder, stem + ".png"), stage).replace(os.sep, "/"))
-        sub_rel = os.path.basename(folder)
-        with open(os.path.join(folder, "provenance.json"), "w", encoding="utf-8") as fh:
-            json.dump(provenance(sub_rel, files), fh, indent=2, default=str)
-        out.update(sub=sub_rel, files=files)
-
-    version, folder = new_version_folder(datasets_dir, build)
-    return version, folder, out["sub"], out["files"]
+        raise ContinuityError("the previous dataset version is missing", input="character")
+    carried, parent, parent_base = _previous_items(previous) if previous else ([], None, None)
+    taken = {it.keep_file.split("/")[0] for it in carried if "/" in it.keep_file}
+    folder = sub
+    n = 2
+    while folder in taken:
+        folder = f"{sub}_{n}"
+        n += 1
+    files = [f"{folder}/{stem}.png" for stem, _, _ in entries]
+    new_items = [vs.Item(filename=stem, keep_file=rel, rgb=img, caption=caption, source=f"grown: {folder}")
+                 for (stem, img, caption), rel in zip(entries, files)]
+    root, name = os.path.split(os.path.normpath(datasets_dir))
+    same = parent_base is not None and os.path.realpath(parent_base) == os.path.realpath(datasets_dir)
+    prov = dict(provenance(folder, files))
+    prov.setdefault("subfolder", folder)
+    ver = vs.save_version(root, name, carried + new_items, parent=parent if same else None, provenance=prov,
+                          allow_empty=True)
+    return ver.number, ver.path, folder, files
 
 
 def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
@@ -329,12 +332,3 @@ def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: l
 
     version, folder, _, _ = write_version(datasets_dir, layer, entries, previous=previous, provenance=prov)
     return LayerResult(version, folder, layer, len(kept), cands)
-
-
-def _link_or_copy(src: str, dst: str) -> str:
-    """Hard-link (no extra disk) where possible; files of a version are never modified in place."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst

@@ -33,7 +33,7 @@ from PIL import Image
 from .. import store
 from ..arrays import as_uint8_mask, as_uint8_rgb
 from ..errors import ContinuityError
-from ..imageio import load_image
+from ..imageio import image_size, load_image
 from ..paths import safe_name
 
 MANIFEST = "manifest.json"
@@ -98,6 +98,7 @@ class Item:
     src_mask_path: str = ""
     folder: str = ""
     keep_file: str = ""          # keep this exact relative file name (an image carried over from the parent)
+    src_caption_path: str = ""   # carry this caption file's bytes as they are (with ``src_path``)
 
 
 @dataclass
@@ -175,12 +176,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _image_file(stage: str, it: Item, rel: str) -> tuple[bytes, int, int]:
     dst = os.path.join(stage, rel)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if it.src_path and it.src_path.lower().endswith(".png"):
-        _link_or_copy(it.src_path, dst)
+    if it.src_path and os.path.splitext(it.src_path)[1].lower() == os.path.splitext(rel)[1].lower():
+        _link_or_copy(it.src_path, dst)      # the file as it is (a version's files are never modified)
         with open(dst, "rb") as fh:
             data = fh.read()
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
+        width, height = image_size(dst, input="images")
         return data, width, height
     rgb = load_image(it.src_path)[0] if it.src_path else it.rgb
     if rgb is None:
@@ -211,6 +211,8 @@ def _mask_file(stage: str, it: Item, rel: str) -> str | None:
 def _unique_rel(it: Item, used: set[str]) -> str:
     if it.keep_file:
         rel = store.check(it.keep_file, store.RelPath(), what="file", input="filenames")
+        if not it.src_path or os.path.splitext(it.src_path)[1].lower() != os.path.splitext(rel)[1].lower():
+            rel = os.path.splitext(rel)[0] + ".png"     # new pixels are stored as PNG
         if rel.lower() in used:
             raise ContinuityError(f"the file {store.shown(rel)} is listed twice", input="filenames")
         used.add(rel.lower())
@@ -241,8 +243,11 @@ def _write_items(stage: str, items: list[Item], caption_extension: str) -> list[
             "fixed_from": it.fixed_from or None, "scores": it.scores or {}}
         if caption:
             cap = os.path.splitext(rel)[0] + caption_extension
-            with open(os.path.join(stage, cap), "w", encoding="utf-8") as fh:
-                fh.write(caption + "\n")
+            if it.src_caption_path:
+                _link_or_copy(it.src_caption_path, os.path.join(stage, cap))
+            else:
+                with open(os.path.join(stage, cap), "w", encoding="utf-8") as fh:
+                    fh.write(caption + "\n")
             rec["caption_file"] = cap
         mrel = "masks/" + rel
         msha = _mask_file(stage, it, mrel)
@@ -253,12 +258,14 @@ def _write_items(stage: str, items: list[Item], caption_extension: str) -> list[
 
 
 def save_version(root: str, name: str, items: list[Item], *, note: str = "", parent: int | None = None,
-                 provenance: dict | None = None, caption_extension: str = ".txt") -> Version:
+                 provenance: dict | None = None, caption_extension: str = ".txt", allow_empty: bool = False) -> Version:
     """Write ``items`` as the next version of dataset ``name`` under ``root``: the one writer.
 
     ``provenance`` says how the version was made (free-form, bounded JSON, stored in the manifest).
+    ``allow_empty`` makes a version without images (a grown layer where no candidate passed still
+    records its candidates).
     """
-    if not items:
+    if not items and not allow_empty:
         raise ContinuityError("no images to save", input="images")
     if len(items) > MAX_ITEMS:
         raise ContinuityError(f"{len(items)} images; a version holds at most {MAX_ITEMS}", input="images")
@@ -348,8 +355,9 @@ class Fix:
 
 def carried_over(base: Version, rec: dict, *, input: str | None = "dataset") -> Item:
     """An item of ``base`` carried into a new version as it is (its files confined and hash-checked)."""
+    # the caption file is written again from the signed manifest's text (the same bytes the writer made)
     return Item(filename=rec["file"], keep_file=rec["file"], caption=rec["caption"], source=rec["source"],
-                fixed_from=rec["fixed_from"] or "", scores=rec["scores"],
+                fixed_from=rec["fixed_from"] or "",  scores=rec["scores"],
                 src_path=base.image_path(rec, input=input), src_mask_path=base.mask_path(rec, input=input) or "")
 
 

@@ -153,7 +153,7 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     pngs = sorted(f for f in os.listdir(sub) if f.endswith(".png"))
     assert len(pngs) == 2
     assert open(os.path.join(sub, pngs[0].replace(".png", ".txt"))).read().strip() == growth.LAYER_PROMPT["closeup_portrait"]
-    prov = json.load(open(os.path.join(sub, "provenance.json")))
+    prov = json.load(open(os.path.join(ds_path, "manifest.json")))["provenance"]   # signed with the version
     assert len(prov["candidates"]) == 4 and prov["prompt"].startswith("4da woman, close-up portrait")
     Image.fromarray((every[0][0].numpy() * 255).astype(np.uint8)).save(artifacts_dir / "character_growth_candidate.png")
 
@@ -167,7 +167,8 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     # version 2 carries version 1's layer forward and adds the new (empty) one beside it
     v2 = res.value("4", 4)
     assert sorted(os.listdir(os.path.join(v2, "closeup_portrait"))) == before
-    assert os.path.isfile(os.path.join(v2, "closeup_portrait_2", "provenance.json"))
+    prov2 = json.load(open(os.path.join(v2, "manifest.json")))["provenance"]
+    assert prov2["subfolder"] == "closeup_portrait_2" and len(prov2["candidates"]) == len(report2["candidates"])
 
 
 TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
@@ -245,7 +246,7 @@ def test_grow_layer_clip_i_style_with_a_tiny_clip_vision_model(comfy, faces_dir,
         assert c["kept"] == passes, c
         if c["face_found"] and not passes:
             assert c["reason"].startswith("CLIP-I style")
-    prov = json.load(open(os.path.join(report["dataset_path"], "closeup_portrait", "provenance.json")))
+    prov = json.load(open(os.path.join(report["dataset_path"], "manifest.json")))["provenance"]
     assert prov["style"]["metric"] == "clip_i" and all("clip_style" in c for c in prov["candidates"])
     # the threshold input wins over the references' own; put it between the candidates' scores (random
     # weights put every image's embedding close together): some kept, some not, on CLIP-I alone (their

@@ -7,6 +7,7 @@ from PIL import Image
 
 from continuity import character as charlib
 from continuity.character import plan as planlib
+from continuity.dataset import versions as vs
 from continuity.errors import ContinuityError
 
 
@@ -212,7 +213,6 @@ def _tree(folder):
 def test_write_refined_version_with_real_faces(tmp_path, faces_dir):
     """Real photos scored with dlib: the same person passes, someone else and a faceless image do not;
     the new version holds the previous one as it was plus refine/ with the kept image."""
-    import json
 
     from continuity.faces import embedders
     from continuity.scoring import score_set
@@ -253,12 +253,11 @@ def test_write_refined_version_with_real_faces(tmp_path, faces_dir):
     new = _tree(folder)
     for rel, (_, data) in before.items():
         assert new[rel][1] == data
-    assert sorted(new) == sorted([*before, "refine/closeup_0000.png", "refine/closeup_0000.txt",
-                                  "refine/provenance.json"])
+    assert sorted(new) == sorted([*before, "refine/closeup_0000.png", "refine/closeup_0000.txt", "manifest.json"])
     assert new["refine/closeup_0000.txt"][1].decode().strip() == "photo of k4y man, close-up of the face"
     kept_img = np.asarray(Image.open(os.path.join(folder, "refine", "closeup_0000.png")), np.float32) / 255
     assert np.abs(kept_img - cands[0]).max() <= 1 / 255 + 1e-6
-    prov = json.load(open(os.path.join(folder, "refine", "provenance.json")))
+    prov = vs.load_version(os.path.dirname(datasets), "datasets", version).provenance   # in the signed manifest
     assert prov["lora"] == "s1.safetensors" and prov["previous_version"] == str(prev) and prov["step"] == "refine"
     assert [p["kept"] for p in prov["images"]] == [True, False, False]
     assert prov["images"][0]["file"] == "refine/closeup_0000.png" and prov["images"][1]["file"] == ""

@@ -195,8 +195,9 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     assert ver["step"] == "refine" and ver["stage"] == "second" and ver["previous"] == os.path.realpath(ds_dir)
     assert s2["dataset"] == ver["path"] and s2["dataset_version"] == ver["version"] and s1["dataset"] == os.path.realpath(ds_dir)
     v = ver["path"]
-    assert os.path.dirname(v) == os.path.join(char.folder, "datasets")
-    prov = json.load(open(os.path.join(v, "refine", "provenance.json")))
+    # the one dataset root: output/continuity/datasets/<character>/vN, provenance in the signed manifest
+    assert os.path.dirname(v) == os.path.realpath(comfy.base / "output" / "continuity" / "datasets" / char.name)
+    prov = json.load(open(os.path.join(v, "manifest.json")))["provenance"]
     imgs = prov["images"]
     assert len(imgs) == n and prov["threshold"] == 1.0 and prov["previous_version"] == os.path.realpath(ds_dir)
     assert all(i["faces"] == 1 and i["before"] is not None and i["fix_score"] is not None for i in imgs)  # all fixed
@@ -209,7 +210,7 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     new_files = _files(v)
     for rel, (_, _, data) in before.items():
         assert new_files[rel][2] == data
-    assert sorted(new_files) == sorted([*before, "refine/provenance.json"])
+    assert sorted(new_files) == sorted([*before, "manifest.json"])
     # the report: the refine step, and the consistency before (stage 1's LoRA) and after (stage 2's)
     assert "2/2 stages done" in report and f"refine: {n} test images with stage 1's LoRA" in report
     assert "consistency before (stage 1's LoRA): mean" in report and f"passing 0/{n}" in report
@@ -226,7 +227,7 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     char2, report2 = res.value("2", 0), res.value("2", 2)
     ver2 = char2.latest_dataset()
     assert ver2["version"] == ver["version"] + 1 and ver2["previous"] == os.path.realpath(ds_dir)
-    prov2 = json.load(open(os.path.join(ver2["path"], "refine", "provenance.json")))
+    prov2 = json.load(open(os.path.join(ver2["path"], "manifest.json")))["provenance"]
     imgs2 = prov2["images"]
     expected = [(i["fixed"] and i["fix_score"] or i["before"]) >= thr for i in imgs]
     assert [i["kept"] for i in imgs2] == expected and 0 < sum(expected) < n
