@@ -814,8 +814,9 @@ def refine_dataset(char, model, clip, vae, *, lora_path: str, dataset_dir: str, 
     against the references; the faces of those below the threshold (the profile's for the face model,
     else the model's own) are fixed as Grow Character Layer fixes them, a fix is kept only if it raises
     the score; the images that reach the threshold go, captioned as the dataset's captions are, into
-    ``refine/`` of a new dataset version of the profile (``datasets/vN``: the previous version as it is +
-    ``refine/`` with ``provenance.json``), which is recorded in the profile. Returns (folder, summary).
+    ``refine/`` of a new version of the character's dataset (``output/continuity/datasets/<character>/vN``:
+    the previous version as it is + ``refine/``, provenance in its manifest), which is recorded in the
+    profile. Returns (folder, summary).
     """
     from ..continuity.character import growth
     from ..continuity.character import plan as planlib

@@ -319,8 +319,8 @@ def write_version(datasets_dir: str, sub: str, entries: list[tuple[str, np.ndarr
 def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
                 previous: str | None, caption: str, provenance: dict) -> LayerResult:
     """A new dataset version ``datasets_dir/vN``: the previous version's files, plus ``<layer>/``
-    with the kept candidates (PNG + caption), and ``<layer>/provenance.json`` listing every
-    candidate (kept or not) with its scores. Atomic; an existing version is never changed."""
+    with the kept candidates (PNG + caption); the manifest's provenance lists every candidate (kept or
+    not) with its scores. Atomic; an existing version is never changed."""
     kept = [(c, img) for c, img in zip(cands, images) if c.kept]
     entries = [(f"{layer}_{c.index:04d}", img, caption) for c, img in kept]
 

@@ -428,8 +428,8 @@ def refine_summary(images: list[RefineImage], *, version: int, folder: str, subf
 def write_refined_version(datasets_dir: str, previous: str, images: list[RefineImage], pixels: list, *,
                           provenance: dict, subfolder: str = REFINE_SUBFOLDER) -> tuple[int, str, str]:
     """A new dataset version ``datasets_dir/vN``: ``previous`` as it is (hard links, else copies) plus
-    ``<subfolder>/`` with the kept images (PNG + their ``caption``) and ``provenance.json`` (every
-    test image, kept or not, with its scores). ``previous`` is never changed. Returns (version,
+    ``<subfolder>/`` with the kept images (PNG + their ``caption``); the manifest's provenance holds every
+    test image, kept or not, with its scores. ``previous`` is never changed. Returns (version,
     folder, sub-folder name)."""
     from .growth import write_version
     if len(pixels) != len(images):
