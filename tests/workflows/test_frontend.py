@@ -119,6 +119,18 @@ def wait_display(ui, type_, pred, timeout=180):
     raise TimeoutError(f"{ui.name}: no display on {type_} (last: {displays_of(ui, type_)})")
 
 
+def wait_idle(ui, timeout=300):
+    """Until the server has run everything queued."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        q = ui.server.get("/queue")
+        if not q["queue_running"] and not q["queue_pending"]:
+            return
+        time.sleep(0.25)
+    raise TimeoutError("the queue did not empty")
+
+
 def shot(ui, name):
     return ui.page.screenshot(ui.shots / f"{name}.png")
 
@@ -275,6 +287,7 @@ def test_shipped_layout_after_a_run_keeps_displays_inside_their_nodes(ui):
     check_displays(geo)
     assert overlapping_pairs(geo) <= before, "a node grown for its report covers another"
     # another workflow tab and back: new node objects; the reports come back from the last outputs
+    wait_idle(ui)
     switch_tab_away_and_back(ui)
     ui.page.wait_for(PACK_DISPLAYS_JS + """(() => (app.graph.nodes ?? app.graph._nodes)
         .filter(n => n.type === 'ContinuityConsistencyReport').every(n => packDisplays(n).some(d => d.textContent)))()""",

@@ -74,6 +74,9 @@ export function fitNode(node, wantWidth, extraHeight, grow = false) {
   if (size[0] !== node.size[0] || size[1] !== node.size[1]) {
     if (node.setSize) node.setSize(size);
     else node.size = size;
+    // the open workflow's saved state takes the new size, so that coming back to its tab does not
+    // bring back the smaller node (whose images would then spill out of it)
+    app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
   }
   node.setDirtyCanvas?.(true, true);
   node.graph?.setDirtyCanvas?.(true, true);
