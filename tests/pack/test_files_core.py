@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from continuity import fsutil, imageio
+from continuity import fsutil, imageio, store
 from continuity.errors import ContinuityError, PathError
 from continuity.paths import confine, safe_name
 
@@ -79,22 +79,24 @@ def test_atomic_write_and_unique_path(tmp_path):
 
 def test_new_version_folder_never_overwrites(tmp_path):
     def build(content):
-        def fill(stage):
-            open(os.path.join(stage, "data.txt"), "w").write(content)
+        def fill(stage, n):
+            with open(os.path.join(stage, "data.txt"), "w") as fh:
+                fh.write(content)
         return fill
 
-    n1, p1 = fsutil.new_version_folder(str(tmp_path), build("one"))
-    n2, p2 = fsutil.new_version_folder(str(tmp_path), build("two"))
+    n1, p1 = store.new_version_folder(str(tmp_path), build("one"))
+    n2, p2 = store.new_version_folder(str(tmp_path), build("two"))
     assert (n1, n2) == (1, 2)
-    assert open(os.path.join(p1, "data.txt")).read() == "one"
-    with pytest.raises(RuntimeError), fsutil.new_folder(str(tmp_path / "v3")) as stage:
+
+    def failing(stage, n):
         open(os.path.join(stage, "half"), "w").close()
         raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError):
+        store.new_version_folder(str(tmp_path), failing)
     assert not (tmp_path / "v3").exists()
     assert not [d for d in os.listdir(tmp_path) if d.startswith(".partial")]
-    with pytest.raises(FileExistsError), fsutil.new_folder(p1):
-        pass
     assert open(os.path.join(p1, "data.txt")).read() == "one"
+    assert open(os.path.join(p2, "data.txt")).read() == "two"
 
 
 def test_image_modes_follow_comfyui_conventions(tmp_path):
