@@ -63,7 +63,7 @@ JS_GRAPH_ONLY = """
     .continuity-thumbnail-visible, .dom-widget, .dom-widget * { visibility: visible !important; }`;
   app.canvas.canvas.classList.add('continuity-thumbnail-visible');
   app.canvas.deselectAll?.();
-  app.canvas.low_quality_zoom_threshold = 0;  // text drawn even on a zoomed-out graph
+  app.canvas.min_font_size_for_lod = 0;  // node text drawn even on a zoomed-out graph
   const nodes = app.graph.nodes ?? app.graph._nodes;
   let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
   for (const n of nodes) {

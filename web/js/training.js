@@ -143,12 +143,9 @@ function show(node, st) {
 
 function nodeFor(d) {
   const nodes = nodesOfTypes((n) => NODE_TYPES.has(n.comfyClass ?? n.type));
-  if (d.node != null) {
-    const id = String(d.node).split(":").pop();
-    const n = nodes.find((n) => String(n.id) === id);
-    if (n) return [n];
-  }
-  return nodes.filter((n) => n.continuityJob === d.job_id);
+  // the node that runs the job, and every node already showing it (a Training Status)
+  const id = d.node != null ? String(d.node).split(":").pop() : null;
+  return nodes.filter((n) => String(n.id) === id || n.continuityJob === d.job_id);
 }
 
 api.addEventListener("continuity.train.progress", (ev) => {
