@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from contextlib import contextmanager
 
@@ -116,12 +117,49 @@ def reports_errors(default_input: str | None = None):
             with user_errors(cls, default_input):
                 check_texts(kwargs)
                 check_numbers(cls, kwargs)
+                revalidate(cls, kwargs)
                 out = fn(cls, *args, **kwargs)
                 if getattr(out, "ui", None) is not None:
                     out.ui = _redacted_ui(out.ui)
                 return out
         return wrapper
     return deco
+
+
+def _own_validate(cls):
+    """The node's own ``validate_inputs`` (None when it keeps ComfyUI's default)."""
+    for klass in cls.__mro__:
+        if "validate_inputs" in vars(klass):
+            return None if klass.__module__.startswith("comfy_api") else cls.validate_inputs
+    return None
+
+
+def revalidate(cls, values: dict) -> None:
+    """Run the node's ``validate_inputs`` again on the values ``execute`` really gets.
+
+    ComfyUI calls ``validate_inputs`` before the run with None for every input that arrives through a
+    link (its value is not known yet), and checks combos and ranges only for widget values. So a name,
+    a combo choice or any other rule a node checks there would be skipped for a value that comes from
+    another node (a Primitive, a string or combo output). Checked again here, every rule holds for
+    widget and linked values alike."""
+    fn = _own_validate(cls)
+    if fn is None:
+        return
+    args = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if name in values:
+            args[name] = values[name]
+        elif p.default is p.empty:
+            args[name] = None       # what ComfyUI passes for an input it does not know yet
+    verdict = fn(**args)
+    if verdict is True:
+        return
+    if isinstance(verdict, str) and verdict.startswith("[Continuity]"):
+        raise ValueError(store.printable(redact_paths(verdict)))
+    raise node_error(cls, next(iter(args), None), "the inputs were refused by the node's checks"
+                     + (f": {store.shown(verdict)}" if isinstance(verdict, str) else ""))
 
 
 def _declared_input(cls, name: str):

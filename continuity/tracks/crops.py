@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .. import geometry
+from .. import geometry, limits
 from ..errors import ContinuityError
 
 MEDIAN_WINDOW = 5
@@ -115,6 +115,10 @@ def stable_track_crop(track, frame_size: tuple[int, int], mask_of: Callable[[int
     longest = np.maximum(bbs[:, 2] - bbs[:, 0], bbs[:, 3] - bbs[:, 1])
     reach = np.max(np.abs(np.concatenate([bbs[:, [0, 2]] - smooth[:, :1], bbs[:, [1, 3]] - smooth[:, 1:]], 1)), 1)
     side = int(max(min_size, np.ceil(max((longest * context).max(), 2 * reach[observed].max() + 2))))
+    # the windows' masks are kept per frame at this side: bounded before they are made (a tiny shot with
+    # a huge min_size, or a large face with a wide context, would otherwise take side^2 per frame)
+    limits.check_output(len(frames), side, side, input="min_size" if side == int(min_size) else "context",
+                        input_pixels=len(frames) * int(h) * int(w))
     boxes = []
     for cx, cy in smooth:
         x0, y0 = int(cx - side // 2), int(cy - side // 2)
@@ -186,6 +190,7 @@ def crop_sequence(frames, tc: TrackCrop) -> tuple[np.ndarray, np.ndarray]:
     first = np.asarray(_float(frames[tc.frames[0]]))
     c = first.shape[-1] if first.ndim == 3 else 1
     t = tc.boxes[0].target
+    limits.check_output(len(tc), t, t, input="target_size", input_pixels=len(tc) * int(tc.size[0]) * int(tc.size[1]))
     crops = np.empty((len(tc), t, t, c), np.float32)
     masks = np.empty((len(tc), t, t), np.float32)
     for k, f in enumerate(tc.frames):
