@@ -550,10 +550,7 @@ def _scores_for(scores, n: int) -> list[dict]:
         return [{} for _ in range(n)]
     val = scores
     if isinstance(val, str):
-        try:
-            val = json.loads(val) if val.strip() else None
-        except ValueError as exc:
-            raise ContinuityError(f"scores is not JSON: {exc}", input="scores") from exc
+        val = store.load_json(val, what="scores", input="scores") if val.strip() else None
     if hasattr(val, "per_image"):
         val = val.per_image()
     if isinstance(val, list) and len(val) == n:

@@ -333,7 +333,7 @@ def commit(root: str, name: str, apply: Callable[[Character | None], tuple[Chara
         store.check(entry, ENTRY_SCHEMA, what="the new revision", input="name")
         try:
             store.write_json_exclusive(os.path.join(folder, MANIFEST_DIR, f"{rev:06d}.json"), entry, kind=ENTRY_KIND,
-                                       context=f"{char.name}/{rev:06d}")
+                                       context=f"{char.name}/{rev:06d}", max_bytes=MAX_ENTRY_BYTES)
         except FileExistsError:
             continue
         return char

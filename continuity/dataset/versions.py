@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -42,6 +43,12 @@ KIND = "dataset-version"
 MAX_ITEMS = 20_000
 MAX_CAPTION = 4_000
 MAX_NOTE = 4_000
+#: the scores kept per image, as compact JSON text
+MAX_SCORES_CHARS = 16_000
+#: the largest manifest the reader takes, and so the largest the writer writes (a version with more
+#: images, or longer captions and scores, than fit is refused when saved, never saved unreadable)
+MANIFEST_MAX_BYTES = store.schema.MAX_JSON_BYTES
+_ITEM_BYTES = 300            # at least this much per item record besides its caption and scores
 _HEX64 = r"[0-9a-f]{64}"
 
 ITEM_SCHEMA = store.Obj({
@@ -257,6 +264,30 @@ def _write_items(stage: str, items: list[Item], caption_extension: str) -> list[
     return records
 
 
+def _check_records_fit(items: list[Item]) -> None:
+    """Refuse, before any file is written, a version whose manifest the reader would refuse: each
+    image's scores are bounded JSON, and all records together fit :data:`MANIFEST_MAX_BYTES`."""
+    scores_schema = store.Map(store.JsonValue(), max_items=100)
+    total = 0
+    for i, it in enumerate(items):
+        scores = store.check(it.scores or {}, scores_schema, what=f"the scores of image {i + 1}", input="scores")
+        if not store.depth_ok(scores, store.schema.MAX_DEPTH - 3):    # under manifest / items / item
+            raise ContinuityError(f"the scores of image {i + 1} are nested too deeply", input="scores")
+        try:
+            size = len(json.dumps(scores, ensure_ascii=False, allow_nan=False))
+        except (ValueError, RecursionError):
+            raise ContinuityError(f"the scores of image {i + 1} are not plain JSON numbers and text",
+                                  input="scores") from None
+        if size > MAX_SCORES_CHARS:
+            raise ContinuityError(f"the scores of image {i + 1} are {size} characters of JSON; at most "
+                                  f"{MAX_SCORES_CHARS} are kept per image", input="scores")
+        total += _ITEM_BYTES + size + len(it.caption.encode("utf-8", "replace"))
+    if total > MANIFEST_MAX_BYTES:
+        raise ContinuityError(f"{len(items)} images with these captions and scores make a manifest of about "
+                              f"{total} bytes; a version keeps at most {MANIFEST_MAX_BYTES} (save fewer images or "
+                              "shorter scores)", input="images")
+
+
 def save_version(root: str, name: str, items: list[Item], *, note: str = "", parent: int | None = None,
                  provenance: dict | None = None, caption_extension: str = ".txt", allow_empty: bool = False) -> Version:
     """Write ``items`` as the next version of dataset ``name`` under ``root``: the one writer.
@@ -275,6 +306,7 @@ def save_version(root: str, name: str, items: list[Item], *, note: str = "", par
                                     what="caption_extension", input="caption_extension")
     prov = store.check(provenance or {}, store.Map(store.JsonValue(max_text=MAX_NOTE), max_items=100),
                        what="provenance", input="provenance")
+    _check_records_fit(items)
     folder = dataset_dir(root, name)
     holder: dict = {}
 
@@ -286,8 +318,9 @@ def save_version(root: str, name: str, items: list[Item], *, note: str = "", par
             "parent": f"v{parent}" if parent else None, "note": note, "count": len(records),
             "caption_extension": caption_extension, "items": records, "provenance": prov,
         }
+        store.check(manifest, MANIFEST_SCHEMA, what="the new manifest", input="images")
         holder["manifest"] = store.write_json(os.path.join(stage, MANIFEST), manifest, kind=KIND,
-                                              context=f"{name}/v{n}")
+                                              context=f"{name}/v{n}", max_bytes=MANIFEST_MAX_BYTES)
 
     number, path = store.new_version_folder(folder, build)
     manifest = {k: v for k, v in holder["manifest"].items() if k != "signature"}
@@ -310,7 +343,7 @@ def load_version(root: str, name: str, version: int = 0, *, input: str | None = 
                               f"{', '.join(f'v{v}' for v in versions[-20:])})", input="version")
     path = store.version_path(folder, n, input=input)
     manifest = store.read_json(path, MANIFEST, MANIFEST_SCHEMA, kind=KIND, context=f"{name}/v{n}", input=input,
-                               what=f"the manifest of {name}/v{n}")
+                               what=f"the manifest of {name}/v{n}", max_bytes=MANIFEST_MAX_BYTES)
     if manifest["name"] != name or manifest["version"] != n:
         raise store.StoreError(f"the manifest of {name}/v{n} describes another version; refused", input=input)
     return Version(name=name, number=n, path=path, manifest=manifest)

@@ -40,6 +40,7 @@ from .schema import (
                     StoreError,
                     Str,
                     check,
+                    depth_ok,
                     load_json,
                     parse_json,
 )
@@ -63,6 +64,7 @@ __all__ = [
                     "check",
                     "check_line",
                     "check_text",
+                    "depth_ok",
                     "checked_file",
                     "configure",
                     "existing_versions",

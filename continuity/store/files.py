@@ -23,7 +23,7 @@ from typing import Any
 from .. import fsutil
 from . import keys
 from .confine import read_bytes, read_confined_file, resolve
-from .schema import MAX_DEPTH, MAX_JSON_BYTES, Schema, StoreError, check, load_json
+from .schema import MAX_DEPTH, MAX_JSON_BYTES, Schema, StoreError, depth_ok, check, load_json
 
 
 def _normalised(obj: Any) -> Any:
@@ -37,25 +37,41 @@ def _normalised(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=default, allow_nan=False))
 
 
-def encode(obj: dict, *, kind: str, context: str = "") -> bytes:
-    """The bytes of the signed document (pretty, UTF-8; surrogates refused)."""
-    doc = keys.sign(_normalised(obj), kind=kind, context=context)
+def encode(obj: dict, *, kind: str, context: str = "", max_bytes: int = MAX_JSON_BYTES,
+           max_depth: int = MAX_DEPTH) -> bytes:
+    """The bytes of the signed document (pretty, UTF-8; surrogates refused).
+
+    Only what the reader takes back is written: a document larger than ``max_bytes`` or nested
+    deeper than ``max_depth`` (the bounds :func:`read_json` applies) is refused here, so nothing the
+    pack saves (a user's dataset version, profile revision or job) becomes unreadable."""
     try:
-        return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        body = _normalised(obj)
+    except RecursionError:
+        raise StoreError(f"the data is nested more than {max_depth} levels deep; nothing was written") from None
+    if not depth_ok(body, max_depth):
+        raise StoreError(f"the data is nested more than {max_depth} levels deep; nothing was written")
+    doc = keys.sign(body, kind=kind, context=context)
+    try:
+        data = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     except UnicodeEncodeError:
         raise StoreError("the data holds an invalid character (a lone surrogate); nothing was written") from None
+    if len(data) > max_bytes:
+        raise StoreError(f"the data would be {len(data)} bytes, more than the {max_bytes} the pack reads back; "
+                         "nothing was written")
+    return data
 
 
-def write_json(path: str, obj: dict, *, kind: str, context: str = "") -> dict:
-    """Sign ``obj`` and write it to ``path`` atomically (replacing the file). Returns what was signed."""
-    data = encode(obj, kind=kind, context=context)
+def write_json(path: str, obj: dict, *, kind: str, context: str = "", max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """Sign ``obj`` and write it to ``path`` atomically (replacing the file). Returns what was signed.
+    ``max_bytes``: the bound the file's reader applies (refused when larger, nothing written)."""
+    data = encode(obj, kind=kind, context=context, max_bytes=max_bytes)
     fsutil.atomic_write_bytes(path, data)
     return json.loads(data)
 
 
-def write_json_exclusive(path: str, obj: dict, *, kind: str, context: str = "") -> dict:
+def write_json_exclusive(path: str, obj: dict, *, kind: str, context: str = "", max_bytes: int = MAX_JSON_BYTES) -> dict:
     """As :func:`write_json`, but only if ``path`` does not exist: ``FileExistsError`` otherwise."""
-    data = encode(obj, kind=kind, context=context)
+    data = encode(obj, kind=kind, context=context, max_bytes=max_bytes)
     fsutil.exclusive_write_bytes(path, data)
     return json.loads(data)
 

@@ -247,7 +247,7 @@ def _no_duplicates(pairs):
     return out
 
 
-def _depth_ok(value: Any, max_depth: int) -> bool:
+def depth_ok(value: Any, max_depth: int) -> bool:
     stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
@@ -275,7 +275,7 @@ def load_json(data: bytes | str, *, what: str, input: str | None, max_bytes: int
     except (UnicodeDecodeError, ValueError) as exc:
         raise StoreError(f"{what} is not valid JSON ({type(exc).__name__}: {shown(str(exc), 120)})",
                          input=input) from None
-    if not _depth_ok(value, max_depth):
+    if not depth_ok(value, max_depth):
         raise StoreError(f"{what} is nested more than {max_depth} levels deep", input=input)
     return value
 

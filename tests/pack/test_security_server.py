@@ -429,3 +429,72 @@ def test_what_nodes_show_clients_has_no_server_paths(server, sentinels):
                                          "note": ""}}}, 120)
     shown = json.dumps(entry["outputs"])
     assert "output/continuity/datasets/shown_paths/v2" in shown and str(server.base) not in shown
+
+
+# --------------------------------------------------------------------------- values that arrive through links
+
+def _shot(server, n):
+    """``n`` frames of a real face (160 px), the face model and Face Tracks: a shot any client can make."""
+    from pathlib import Path
+    face = Image.open(Path(__file__).resolve().parents[2] / "assets" / "faces" / "img1.jpg").convert("RGB")
+    face.thumbnail((160, 160))
+    buf = io.BytesIO()
+    face.save(buf, format="PNG")
+    upload(server, "shot_face.png", buf.getvalue(), type_="input")
+    return {"l": {"class_type": "LoadImage", "inputs": {"image": "shot_face.png"}},
+            "f": {"class_type": "RepeatImageBatch", "inputs": {"image": ["l", 0], "amount": n}},
+            "m": {"class_type": "ContinuityFaceModelLoader",
+                  "inputs": {"backend": "mediapipe", "parser": "auto", "embedder": "auto", "device": "cpu"}},
+            "t": {"class_type": "ContinuityFaceTracks",
+                  "inputs": {"frames": ["f", 0], "face_model": ["m", 0], "min_face": 8, "max_gap": 5, "samples": 2,
+                             "cut_threshold": 0.35}}}
+
+
+def _track_crop(min_size, target_size):
+    return {"class_type": "ContinuityTrackCropSequence",
+            "inputs": {"frames": ["f", 0], "tracks": ["t", 0], "face_model": ["m", 0], "which": "track 0",
+                       "regions": "face", "grow": 5.0, "context": 1.5, "min_size": min_size,
+                       "target_size": target_size, "smoothing": 2.0, "padding": "edge"}}
+
+
+def test_track_crops_are_bounded_and_checked_as_declared(server, sentinels):
+    # 4 frames of 160 px with the widest crop window: 4 x 8192^2 mask pixels (GBs) from a few KB of frames
+    shot = _shot(server, 4)
+    shot.update(c=_track_crop(8192, 64), p={"class_type": "PreviewAny", "inputs": {"source": ["c", 3]}})
+    refused(server, shot, "Track Crop Sequence", "min_size")
+    # 12 small frames cropped to 4096 px: 12 x 4096^2 x 4 floats (3 GB) for 0.3 M input pixels
+    shot = _shot(server, 12)
+    shot.update(c=_track_crop(8, 4096), p={"class_type": "PreviewAny", "inputs": {"source": ["c", 3]}})
+    refused(server, shot, "Track Crop Sequence", "target_size")
+    # a rule of validate_inputs (target_size a multiple of 64) holds for a linked value too: ComfyUI calls
+    # validate_inputs with None for a linked input, so the node's own checks run again at execution
+    shot["c"] = _track_crop(8, ["n", 0])
+    shot["n"] = {"class_type": "PrimitiveInt", "inputs": {"value": 100}}
+    refused(server, shot, "Track Crop Sequence", "target_size")
+    # the same shot at a sane size still runs
+    shot["c"] = _track_crop(8, 64)
+    entry = server.run(shot, 120)
+    assert entry["status"]["status_str"] == "success"
+    still_serves(server)
+
+
+def test_what_the_pack_saves_it_can_read_back(server, sentinels):
+    # scores JSON copied to each of 64 images would make a manifest the reader refuses (a version saved
+    # but never loadable): refused before anything is written, naming the input
+    g = {"1": _empty(8, 8, 64), "s": {"class_type": "PrimitiveString", "inputs": {"value": json.dumps({"x": [0] * 100_000})}},
+         "2": {"class_type": "ContinuitySaveDatasetVersion",
+               "inputs": {"images": ["1", 0], "name": "big_scores", "note": "", "scores": ["s", 0]}}}
+    refused(server, g, "Save Dataset Version", "scores")
+    # JSON nested past what the reader takes (or past Python's recursion limit) is refused cleanly too
+    for deep in ('{"x": ' + "[" * 40 + "]" * 40 + "}", "[" * 100_000 + "]" * 100_000):
+        g["s"]["inputs"]["value"] = deep
+        refused(server, g, "Save Dataset Version", "scores")
+    assert not list((server.base / "output" / "continuity" / "datasets" / "big_scores").glob("v*"))
+    # modest scores are saved and load back
+    g["s"]["inputs"]["value"] = json.dumps({"identity": 0.7})
+    g["1"] = _empty(8, 8, 2)
+    server.run(g, 120)
+    entry = server.run({"1": _load_version("big_scores"), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}},
+                       120)
+    assert entry["status"]["status_str"] == "success"
+    still_serves(server)
