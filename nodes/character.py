@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..continuity import character as charlib
+from ..continuity import store
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import safe_name
 from . import _common
@@ -316,6 +317,31 @@ def _attr(obj, *names, default=None):
     return default
 
 
+#: a report kept with a LoRA (JSON text), and its nesting: every later revision of the profile carries
+#: it, and a revision past the profile reader's bounds would make the profile unreadable
+MAX_REPORT_CHARS = 256_000
+MAX_REPORT_DEPTH = 16
+
+
+def _report_value(report: str):
+    """The report as JSON when it is JSON (bounded in size and depth), else as text."""
+    if not report or not report.strip():
+        return {}
+    try:
+        rep = json.loads(report)
+    except json.JSONDecodeError:
+        rep = {"text": report}
+    except RecursionError:
+        raise ContinuityError("the report is nested too deeply to keep", input="report") from None
+    if not store.depth_ok(rep, MAX_REPORT_DEPTH):
+        raise ContinuityError(f"the report is nested more than {MAX_REPORT_DEPTH} levels deep", input="report")
+    size = len(json.dumps(rep, ensure_ascii=False))
+    if size > MAX_REPORT_CHARS:
+        raise ContinuityError(f"the report is {size} characters of JSON; at most {MAX_REPORT_CHARS} are kept with "
+                              "the LoRA", input="report")
+    return rep
+
+
 class RecordCharacterResult(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -353,10 +379,7 @@ class RecordCharacterResult(io.ComfyNode):
             ds_version = _attr(dataset, "version", default=None)
             ds_path = _attr(dataset, "path", "folder", default="")
             changes["datasets"] = [{"version": ds_version, "path": str(ds_path), "note": ""}]
-        try:
-            rep = json.loads(report) if report and report.strip() else {}
-        except json.JSONDecodeError:
-            rep = {"text": report}
+        rep = _report_value(report)
         if train_job is not None:
             state = _attr(train_job, "state", default="finished")
             if state != "finished":

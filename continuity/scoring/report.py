@@ -57,6 +57,17 @@ def embeddings_by_set(sets: list[ScoreSet], model: str) -> dict[str, np.ndarray]
     return out
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(text) -> str:
+    """A text cell as a spreadsheet shows it, never runs it: set names, file names and notes come from
+    users (and uploads), and a cell starting with = + - @ is a formula to Excel, LibreOffice and
+    Google Sheets (``=HYPERLINK(...)``, ``=cmd|...``); such a cell is kept as text with a leading quote."""
+    text = "" if text is None else str(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def csv_text(sets: list[ScoreSet]) -> str:
     """One row per set, model and candidate (empty cells where there is no face)."""
     buf = io.StringIO()
@@ -69,9 +80,10 @@ def csv_text(sets: list[ScoreSet]) -> str:
             for r in ms.rows():
                 f = s.filenames[r["index"]] if r["index"] < len(s.filenames) else ""
                 per = r["per_reference"] or []
-                w.writerow([s.name, m, r["index"], f, r["face_found"], r["faces"], _num(r["mean"]), _num(r["max"]), r["threshold"],
+                w.writerow([csv_cell(s.name), csv_cell(m), r["index"], csv_cell(f), r["face_found"], r["faces"],
+                            _num(r["mean"]), _num(r["max"]), r["threshold"],
                             "" if r["same_person"] is None else r["same_person"],
-                            _num(r["calibrated"]), r["note"]]
+                            _num(r["calibrated"]), csv_cell(r["note"])]
                            + [f"{v:.4f}" for v in per] + [""] * (n_ref - len(per)))
     return buf.getvalue()
 

