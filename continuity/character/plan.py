@@ -27,12 +27,12 @@ earlier results are kept.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from .. import store
 from ..errors import ContinuityError
 from ..imageio import list_images, natural_key, read_caption
 
@@ -89,11 +89,10 @@ def parse_plan(spec: str | dict, *, input: str = "plan") -> Plan:  # noqa: C901
         if text in PRESETS:
             spec = PRESETS[text]
         else:
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ContinuityError(f"the plan is neither a preset ({', '.join(PRESETS)}) nor valid JSON: {exc}",
-                                      input=input) from None
+            if not text.startswith(("[", "{")):
+                raise ContinuityError(f"the plan is neither a preset ({', '.join(PRESETS)}) nor JSON", input=input)
+            # bounded in size and nesting like everything the pack parses
+            spec = store.load_json(text, what="the plan", input=input, max_bytes=200_000)
     if isinstance(spec, list):
         spec = {"name": "plan", "stages": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:

@@ -238,6 +238,13 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):   # 1e999 reads as infinity
+        raise ValueError("a number is too large")
+    return value
+
+
 def _no_duplicates(pairs):
     out = {}
     for k, v in pairs:
@@ -269,7 +276,8 @@ def load_json(data: bytes | str, *, what: str, input: str | None, max_bytes: int
         raise StoreError(f"{what} is {len(data)} bytes; at most {max_bytes} are read", input=input)
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float,
+                           object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise StoreError(f"{what} is nested too deeply", input=input) from None
     except (UnicodeDecodeError, ValueError) as exc:

@@ -32,7 +32,8 @@ def test_parse_presets_and_errors():
     for bad, msg in [("nope", "preset"), ('{"stages": []}', "non-empty"), ('[{"name": "a", "lr": 1}]', "unknown keys"),
                      ('[{"name": "a"}, {"name": "a"}]', "used twice"), ('[{"subsets": ["../x"]}]', "inside the dataset"),
                      ('[{"repeats": 0}]', "repeats"), ('[{"refine": true}]', "first stage cannot refine"),
-                     ('[{"name": "a b"}]', "letters")]:
+                     ('[{"name": "a b"}]', "letters"), ("[" * 100_000 + "]" * 100_000, "nested"),
+                     ('{"stages": [1e999]}', "JSON")]:
         with pytest.raises(ContinuityError, match=msg):
             planlib.parse_plan(bad)
 

@@ -87,6 +87,8 @@ def test_load_json_bounds_size_depth_constants_and_duplicates():
         store.load_json(b"[" * 40 + b"]" * 40, what="f", input="x")
     with pytest.raises(store.StoreError, match="JSON"):
         store.load_json(b'{"a": NaN}', what="f", input="x")
+    with pytest.raises(store.StoreError, match="too large"):
+        store.load_json(b'{"a": 1e999}', what="f", input="x")
     with pytest.raises(store.StoreError, match="JSON"):
         store.load_json(b'{"a": 1, "a": 2}', what="f", input="x")
     with pytest.raises(store.StoreError, match="JSON"):
