@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from continuity import geometry as g
+from continuity.fix import geometry as g
 
 def ellipse(h, w, cx, cy, rx, ry):
     yy, xx = np.mgrid[0:h, 0:w]

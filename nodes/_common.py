@@ -267,3 +267,9 @@ def split_masks(masks) -> list[torch.Tensor]:
         else:
             out.extend(m[i] for i in range(m.shape[0]))
     return out
+
+
+def confine_dataset(path: str, input: str = "dataset_path") -> str:
+    """A dataset folder inside ComfyUI's input or output folder (relative paths: the input folder)."""
+    from ..continuity.paths import confine
+    return confine(path, allowed_roots("input", "output"), input=input, kind="dir")

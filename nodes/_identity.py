@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from ..continuity.character import as_character
-from ..continuity.character.identity import FaceMatch, choose_character_face
+from ..continuity.character.identity import CharacterIdentity, FaceMatch, character_identity, match_faces
 from ..continuity.errors import ContinuityError
+from . import _glue
 from ._types import Character
 
 CHARACTER_CHOICE = "character"
-WHICH_TIP = ("character: the face most like the connected character (its stored mean identity embedding for the "
-             "face model's embedder, else its reference portraits); none when the best is below the "
+WHICH_TIP = ("character: the face most like the connected character (the mean of its cosines to the character's "
+             "reference portraits, with the face model's embedder); none when the best is below the "
              "character's threshold.")
-
-
-def first(value, default=None):
-    """Unwrap a value given to a node with ``is_input_list`` (a list of one item)."""
-    if isinstance(value, list):
-        return value[0] if value else default
-    return value
 
 
 def character_input(tooltip: str):
@@ -28,7 +22,7 @@ class CharacterChooser:
     """Picks the character's face in each image when ``which`` is "character"."""
 
     def __init__(self, face_model, character, which: str):
-        self.char = as_character(first(character))
+        self.char = as_character(_glue.first(character))
         self.which = which
         self.active = which == CHARACTER_CHOICE
         self.det = self.emb = None
@@ -36,8 +30,7 @@ class CharacterChooser:
             if self.char is None:
                 raise ContinuityError("which is 'character' but no character is connected: connect Load Character "
                                       "(or choose another face)", input="character")
-            from .character import face_backend
-            self.det, self.emb, _ = face_backend(face_model)
+            self.det, self.emb, _ = _glue.face_backend(face_model)
 
     def note(self) -> str | None:
         """A line for the report when a character is connected but faces are not chosen by identity."""
@@ -46,11 +39,12 @@ class CharacterChooser:
                     f"by '{self.which}', not by identity (set which to 'character' for that)")
         return None
 
+    def identity(self) -> CharacterIdentity:
+        """The character's identity for the face model's embedder (cached per revision)."""
+        return character_identity(self.char, self.emb, detector=self.det)
+
     def identity_line(self) -> str | None:
-        if not self.active:
-            return None
-        from ..continuity.character.identity import character_identity
-        return character_identity(self.char, self.emb, detector=self.det).describe()
+        return self.identity().describe() if self.active else None
 
     def match(self, rgb, faces, image_index: int) -> FaceMatch:
-        return choose_character_face(rgb, faces, self.char, self.emb, detector=self.det)
+        return match_faces(rgb, faces, self.identity(), self.emb)

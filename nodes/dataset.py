@@ -173,23 +173,11 @@ def _character(character):
     return as_character(_first(character))
 
 
-def _reference_embedding(char, embedder, detector) -> np.ndarray:
-    """The character's mean identity embedding for ``embedder``: the stored one when the profile has it
-    (same dimensions), else the mean of its reference portraits' embeddings (cached by content)."""
-    name = getattr(embedder, "name", None)
-    stored = char.mean_embedding(name) if name else None
-    if stored is not None:
-        return stored
-    from ..continuity.scoring.similarity import embed_images
-    from ..continuity.faces.base import as_uint8_rgb
-    refs = [as_uint8_rgb(a) for a in char.load_reference_images()]
-    if not refs:
-        raise ContinuityError(f"the profile '{char.name}' has no reference portraits to compare with", input="character")
-    found = [r.embedding for r in embed_images(refs, embedder, detector=detector, policy="largest") if r.found]
-    if not found:
-        raise ContinuityError(f"no face was found in the reference portraits of '{char.name}'", input="character")
-    mean = np.mean(np.stack(found).astype(np.float32), axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-9)
+def _reference_embeddings(char, embedder, detector) -> np.ndarray:
+    """The character's reference embeddings for ``embedder`` (one per portrait, the identity the face
+    nodes match against; cached per revision and by content)."""
+    from ..continuity.character.identity import character_identity
+    return character_identity(char, embedder, detector=detector).references
 
 
 def _dataset_value(version) -> dict:
@@ -440,7 +428,7 @@ class DatasetAudit(io.ComfyNode):
             emb = embedders.get_embedder(model, models_dir=_common.models_dir())
         reference, threshold = None, None
         if char is not None and emb is not None:   # outliers against the character, at its threshold
-            reference = _reference_embedding(char, emb, _detector(fm))
+            reference = _reference_embeddings(char, emb, _detector(fm))
             threshold = char.threshold(emb.name, getattr(emb, "threshold", None))
         opt = au.AuditOptions(min_side=_first(min_side), min_count=_first(min_count),
                               yaw_threshold=_first(yaw_threshold), pitch_threshold=_first(pitch_threshold),

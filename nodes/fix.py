@@ -1,22 +1,22 @@
 """Face-fix nodes: Crop For Inpaint, Two-Pass Inpaint, Paste Back, and the all-in-one Face Fix.
 
-Thin adapters over ``continuity.geometry`` (crop boxes, float Lanczos resizing, paste-back) and
-ComfyUI's own sampling (``nodes.common_ksampler``, ``nodes.InpaintModelConditioning``), so that
-previews, progress bars, interrupt, samplers and schedulers behave as in KSampler.
+Thin adapters over ``continuity.fix`` (the pipeline, and its geometry: crop boxes, float Lanczos
+resizing, paste-back) and ComfyUI's own sampling (``_glue.two_pass_inpaint``: ``common_ksampler``,
+``InpaintModelConditioning``), so that previews, progress bars, interrupt, samplers and
+schedulers behave as in KSampler.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management
 import comfy.samplers
 
-from ..continuity import geometry, limits
+from ..continuity import limits
 from ..continuity.character.prompting import with_character
 from ..continuity.errors import ContinuityError
-from . import _common
+from ..continuity.fix import FixSettings, IdentityGuard, fix_faces, geometry
+from . import _common, _glue
 from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Stitch
 
@@ -74,79 +74,6 @@ def _model_2_input():
     return io.Model.Input("model_2", optional=True,
                           tooltip="Optional model for pass 2 (e.g. the base checkpoint without the inpaint weights). "
                                   "Default: the pass-1 model.")
-
-
-# --------------------------------------------------------------------------- two-pass sampling
-
-def _is_inpaint_model(model) -> bool:
-    inner = getattr(model, "model", None)
-    return len(getattr(inner, "concat_keys", ()) or ()) > 0
-
-
-def _check_sizes(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise ContinuityError(f"expected an IMAGE batch (B, H, W, 3), got shape {tuple(image.shape)}", input="image")
-    image = image[..., :3]
-    b, h, w = image.shape[:3]
-    if h % 8 or w % 8:
-        raise ContinuityError(f"the image is {w}x{h}; both sides must be multiples of 8 for the VAE "
-                              "(use Crop For Inpaint (Continuity), whose crops are multiples of 64)", input="image")
-    if mask.ndim == 2:
-        mask = mask[None]
-    if mask.ndim != 3:
-        raise ContinuityError(f"expected a MASK batch (B, H, W), got shape {tuple(mask.shape)}", input="mask")
-    if tuple(mask.shape[1:]) != (h, w):
-        raise ContinuityError(f"the mask is {mask.shape[2]}x{mask.shape[1]} but the image is {w}x{h}", input="mask")
-    if mask.shape[0] == 1 and b > 1:
-        mask = mask.expand(b, h, w)
-    elif mask.shape[0] != b:
-        raise ContinuityError(f"{mask.shape[0]} masks for {b} images", input="mask")
-    return image.float(), mask.float().clamp(0, 1)
-
-
-def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
-                     denoise_1=0.75, denoise_2=0.40, model_2=None, before_pass_2=None):
-    """Pass 1: masked inpaint (noise mask; inpaint conditioning for inpaint models). Pass 2: the
-    whole crop re-sampled without the mask at ``denoise_2``. Decode and composite into ``image``
-    with ``mask``. ``before_pass_2(latent) -> latent``, when given, may change pass 2's input
-    (the video fix blends it toward the previous frame's result). Returns (IMAGE (B, H, W, 3), LATENT dict)."""
-    import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler's own sampling code)
-
-    image, mask = _check_sizes(image, mask)
-    b, h, w = image.shape[:3]
-    if denoise_1 > 0:
-        if _is_inpaint_model(model):
-            pos1, neg1, latent = comfy_nodes.InpaintModelConditioning().encode(
-                positive, negative, image, vae, mask, noise_mask=True)
-        else:
-            pos1, neg1 = positive, negative
-            latent = {"samples": vae.encode(image), "noise_mask": mask.reshape(-1, 1, h, w)}
-        latent = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos1, neg1,
-                                             latent, denoise=denoise_1)[0]
-    else:
-        latent = {"samples": vae.encode(image)}
-    comfy.model_management.throw_exception_if_processing_interrupted()
-    latent = {k: v for k, v in latent.items() if k != "noise_mask"}
-    if before_pass_2 is not None:
-        latent = before_pass_2(latent)
-    if denoise_2 > 0:
-        latent = comfy_nodes.common_ksampler(model_2 if model_2 is not None else model, seed, steps, cfg,
-                                             sampler_name, scheduler, positive, negative, latent,
-                                             denoise=denoise_2)[0]
-    comfy.model_management.throw_exception_if_processing_interrupted()
-    if denoise_1 <= 0 and denoise_2 <= 0:
-        return image.clone(), latent
-    decoded = vae.decode(latent["samples"])
-    if decoded.ndim == 5:
-        decoded = decoded.reshape(-1, *decoded.shape[-3:])
-    decoded = decoded[..., :3].float().cpu()
-    if tuple(decoded.shape[1:3]) != (h, w):  # VAEs with other strides: fit back (rare)
-        decoded = torch.nn.functional.interpolate(decoded.movedim(-1, 1), size=(h, w), mode="bicubic",
-                                                  align_corners=False).movedim(1, -1)
-    out = geometry.composite(image.cpu(), decoded.clamp(0, 1), mask.cpu())
-    return torch.from_numpy(out), latent
 
 
 # --------------------------------------------------------------------------- nodes
@@ -237,7 +164,7 @@ class TwoPassInpaint(io.ComfyNode):
     @_common.reports_errors("image")
     def execute(cls, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
                 denoise_1, denoise_2, model_2=None) -> io.NodeOutput:
-        out, latent = two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name,
+        out, latent = _glue.two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name,
                                        scheduler, denoise_1, denoise_2, model_2)
         return io.NodeOutput(out, latent)
 
@@ -280,56 +207,6 @@ class PasteBack(io.ComfyNode):
             raise ContinuityError("this is not a stitch record from Crop For Inpaint", input="stitch")
         out = geometry.paste_back(stitch, image, feather_percent=feather, colour_match=colour_match)
         return io.NodeOutput(torch.from_numpy(out))
-
-
-def face_fix(face_model, images, model, positive, negative, vae, *, which="all", index=0,
-             regions="face, ears, hair, beard", grow=5.0, min_face=24, context=1.5, min_size=128, target_size=1024,
-             padding="edge", seed=0, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal", denoise_1=0.75,
-             denoise_2=0.40, feather=4.5, colour_match=False, model_2=None, choose=None):
-    """Every chosen face of every image: region mask, crop, two passes, paste back (face k of the
-    whole batch uses seed + k). Faces are found once, on the input image; each fixed face is
-    pasted into the running result before the next one is cropped. ``choose(rgb, faces, i)``, when
-    given, picks the faces instead of ``which`` / ``index``. Returns (images, masks, count)."""
-    from ..continuity import faces as cf
-    from ..continuity.faces import masks as cmasks
-
-    region_tuple = cmasks.normalise_regions(regions)
-    if not region_tuple:
-        raise ContinuityError("no region given; e.g. 'face, hair'", input="regions")
-    frames = _common.split_images(images)
-    results, used_masks = [], []
-    k = 0
-    for i, frame in enumerate(frames):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        current = frame.detach().cpu().float()[None]            # (1, H, W, C)
-        rgb = cf.as_uint8_rgb(current[0].numpy())
-        found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
-        if choose is not None:
-            chosen = choose(rgb, found, i)
-        else:
-            chosen = cmasks.select_faces(found, which, index) if found else []
-        ordered = sorted(found, key=lambda f: f.area, reverse=True)
-        union = np.zeros(rgb.shape[:2], np.float32)
-        for face in chosen:
-            res = cmasks.region_masks(rgb, found, regions=region_tuple, which="index", index=ordered.index(face),
-                                      grow=grow, grow_unit="percent", parser=face_model.parser, image_index=i)
-            mask = np.clip(res.mask.astype(np.float32), 0.0, 1.0)
-            if not mask.any():
-                continue
-            crops, cmask, record = geometry.crop_for_inpaint(current, mask[None], context=context, min_size=min_size,
-                                                             target=target_size, pad_mode=padding)
-            fixed, _ = two_pass_inpaint(model, positive, negative, vae, torch.from_numpy(crops[..., :3]),
-                                        torch.from_numpy(cmask), seed + k, steps, cfg, sampler_name, scheduler,
-                                        denoise_1, denoise_2, model_2)
-            if crops.shape[-1] > 3:  # keep extra channels (alpha) of the input as they were
-                fixed = torch.cat([fixed, torch.from_numpy(crops[..., 3:])], dim=-1)
-            current = torch.from_numpy(geometry.paste_back(record, fixed, feather_percent=feather,
-                                                           colour_match=colour_match))
-            union = np.maximum(union, mask)
-            k += 1
-        results.append(current)
-        used_masks.append(torch.from_numpy(union)[None])
-    return results, used_masks, k
 
 
 class FaceFix(io.ComfyNode):
@@ -430,81 +307,62 @@ class FaceFix(io.ComfyNode):
                 context, min_size, target_size, padding, seed, steps, cfg, sampler_name, scheduler, denoise_1,
                 denoise_2, feather, colour_match, positive=None, model_2=None, character=None, lora_strength=0.8,
                 clip=None, prompt="", keep_only_if_better=True) -> io.NodeOutput:
-        from ..continuity.faces import masks as cmasks
         if not hasattr(face_model, "detect") or not hasattr(face_model, "parser"):
             raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
         chooser = CharacterChooser(face_model, character, which)
-        char = chooser.char
-        lines = []
-        model, model_2, positive = _character_conditioning(char, model, model_2, positive, clip, prompt or "",
-                                                           float(lora_strength), lines)
+        lines: list[str] = []
+        model, model_2, positive = _character_conditioning(chooser.char, model, model_2, positive, clip,
+                                                           prompt or "", float(lora_strength), lines)
         lines += [n for n in (chooser.note(), chooser.identity_line()) if n]
-        per_image: list[str] = []
+        frames = [f.detach().cpu().float().numpy() for f in _common.split_images(image)]
+        settings = FixSettings(regions=regions, grow=grow, context=context, crop_min_size=min_size,
+                               target_size=target_size, padding=padding, feather=feather,
+                               colour_match=colour_match)
 
-        def choose(rgb, found, i):
-            if not chooser.active:
-                chosen = cmasks.select_faces(found, which, index) if found else []
-                per_image.append(f"image {i}: {len(found)} face(s), {len(chosen)} chosen ({which})")
-                return chosen
-            match = chooser.match(rgb, found, i)
-            per_image.append(match.describe(i) + ("" if match.chosen is not None else "; passed through unchanged"))
-            if match.chosen is not None:
-                before[i] = (match.chosen.box, match.best_similarity)
-            return [match.chosen] if match.chosen is not None else []
+        def detect(rgb, i):
+            return [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
 
-        before: dict[int, tuple] = {}
-        results, masks, count = face_fix(
-            face_model, image, model, positive, negative, vae, which=which, index=index, regions=regions, grow=grow,
-            min_face=min_face, context=context, min_size=min_size, target_size=target_size, padding=padding,
-            seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise_1=denoise_1,
-            denoise_2=denoise_2, feather=feather, colour_match=colour_match, model_2=model_2, choose=choose)
-        if before:
-            count -= _check_identity_after_fix(chooser, face_model, image, results, masks, before, min_face,
-                                               bool(keep_only_if_better), per_image)
-        report = "\n".join(lines + per_image + [f"faces fixed: {count}"])
-        sizes = {tuple(r.shape[1:]) for r in results}
-        if len(sizes) == 1:
-            return io.NodeOutput(torch.cat(results), torch.cat(masks), count, report,
-                                 ui={"continuity_text": [report]})
-        # images of different sizes cannot share a batch: give the first (ComfyUI runs lists per item)
-        raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+        choose, before, per_image = _face_choice(chooser, which, index)
+        guard = None
+        if chooser.active:
+            guard = IdentityGuard(chooser.identity(), chooser.emb, lambda rgb: detect(rgb, 0), min_face=min_face,
+                                  enforce=bool(keep_only_if_better), setting="keep_only_if_better")
+        inpaint = _glue.two_pass_inpainter(model, positive, negative, vae, seed=seed, steps=steps, cfg=cfg,
+                                           sampler_name=sampler_name, scheduler=scheduler, denoise_1=denoise_1,
+                                           denoise_2=denoise_2, model_2=model_2)
+        res = fix_faces(frames, detect=detect, choose=choose, parser=face_model.parser, inpaint=inpaint,
+                        settings=settings, guard=guard, before=lambda i: before.get(i, {}),
+                        interrupted=_glue.throw_if_interrupted)
+        guarded = [f.line() for f in res.faces if f.guarded]
+        report = "\n".join(lines + per_image + guarded + [f"faces fixed: {res.count}"])
+        sizes = {r.shape for r in res.images}
+        if len(sizes) != 1:
+            # images of different sizes cannot share a batch (ComfyUI runs lists per item)
+            raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+        out = torch.stack([torch.from_numpy(r) for r in res.images])
+        masks = torch.stack([torch.from_numpy(m) for m in res.masks])
+        return io.NodeOutput(out, masks, res.count, report, ui={"continuity_text": [report]})
 
 
-def _check_identity_after_fix(chooser, face_model, images, results, masks, before, min_face: int,
-                              keep_only_if_better: bool, lines: list[str]) -> int:
-    """Scores each fixed face against the character again (the face found at the same place in the
-    fixed image). Where the fix lowered the similarity or lost the face and ``keep_only_if_better``
-    is set, the original image (and an empty mask) replaces the result. Returns how many fixes were
-    undone; adds a line per image to ``lines``."""
-    from ..continuity import faces as cf
-    from ..continuity.faces.boxes import iou
-    frames = _common.split_images(images)
-    undone = 0
-    for i, (box, s0) in sorted(before.items()):
-        if not bool(masks[i].any()):        # the chosen face's region mask was empty: nothing was changed
-            lines.append(f"image {i}: similarity {s0:.3f}; not fixed (the face's region mask was empty)")
-            continue
-        rgb = cf.as_uint8_rgb(results[i][0].numpy())
-        found = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
-        s1 = None
-        if found:
-            match = chooser.match(rgb, found, i)
-            overlaps = [iou(box, f.box) for f in match.faces]
-            j = int(np.argmax(overlaps)) if overlaps else None
-            if j is not None and overlaps[j] > 0.3:
-                s1 = match.similarities[j]
-        after = "face not found again" if s1 is None else f"{s1:.3f}"
-        worse = s1 is None or s1 < s0
-        if worse and keep_only_if_better:
-            results[i] = frames[i].detach().cpu().float()[None].clone()
-            masks[i] = torch.zeros_like(masks[i])
-            undone += 1
-            lines.append(f"image {i}: similarity {s0:.3f} before the fix, {after} after: original kept "
-                         "(keep_only_if_better)")
-        else:
-            lines.append(f"image {i}: similarity {s0:.3f} before the fix, {after} after"
-                         + (" (lower, kept: keep_only_if_better is off)" if worse else ""))
-    return undone
+def _face_choice(chooser, which: str, index: int):
+    """(choose(rgb, faces, i), the similarities the choice worked out per image, report lines)."""
+    from ..continuity.faces import masks as cmasks
+    per_image: list[str] = []
+    before: dict[int, dict[int, float | None]] = {}
+
+    def choose(rgb, found, i):
+        if not chooser.active:
+            chosen = cmasks.select_faces(found, which, index) if found else []
+            per_image.append(f"image {i}: {len(found)} face(s), {len(chosen)} chosen ({which})")
+            return chosen
+        match = chooser.match(rgb, found, i)
+        per_image.append(match.describe(i) + ("" if match.chosen is not None else "; passed through unchanged"))
+        if match.chosen is None:
+            return []
+        before[i] = {id(match.chosen): match.best_similarity}
+        return [match.chosen]
+
+    return choose, before, per_image
 
 
 def _character_conditioning(char, model, model_2, positive, clip, prompt: str, strength: float, lines: list[str]):
@@ -520,17 +378,15 @@ def _character_conditioning(char, model, model_2, positive, clip, prompt: str, s
         raise ContinuityError("the prompt text needs clip to be encoded: connect clip and leave positive "
                               "unconnected (or empty the prompt)", input="clip")
     if char is not None:
-        from .character import _apply_character_lora
-        with_lora, clip, note = _apply_character_lora(char, model, clip, strength)
+        with_lora, clip, note = _glue.apply_character_lora(char, model, clip, strength)
         if model_2 is not None and with_lora is not model:      # the LoRA was applied: pass 2 gets it too
-            model_2, _, _ = _apply_character_lora(char, model_2, None, strength)
+            model_2, _, _ = _glue.apply_character_lora(char, model_2, None, strength)
             note += " (on model_2 too)"
         model = with_lora
         lines.append(f"character '{char.name}' (revision {char.revision}): {note}")
     if clip is not None:
         text, added = (with_character(char, prompt) if char is not None else (prompt.strip(), False))
-        import nodes as comfy_nodes  # ComfyUI's CLIPTextEncode
-        positive = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+        positive = _glue.encode_text(clip, text)
         how = ("the character's trigger word and class phrase put first" if added else
                "as written" if char is None else "as written: it names the character already")
         lines.append(f"prompt: \"{text}\" ({how})")

@@ -200,7 +200,7 @@ class Candidate:
     face_found: bool = False
     faces: int = 0
     fixed: bool = False
-    identity: float | None = None       # mean similarity to the references (face model)
+    identity: float | None = None       # the identity measure against the references (face model)
     model: str = ""
     threshold: float | None = None
     style: float | None = None          # colour-statistics style similarity
@@ -211,6 +211,7 @@ class Candidate:
     kept: bool = False
     reason: str = ""
     file: str = ""
+    fix_note: str = ""                  # what the face fix did (before / after, kept or not)
 
     def to_dict(self) -> dict:
         return asdict(self)

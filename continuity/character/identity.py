@@ -7,16 +7,18 @@ ComfyUI-free; the mask and face-fix nodes only adapt it (``which = "character"``
     match.chosen          # the Face, or None (no face, or the best one is below the threshold)
     match.describe(i)     # "image 0: character 'ana' is face #1 of 2 (0 = largest, box ...), similarity 0.962 >= ..."
 
-The character's identity for an embedder (:func:`character_identity`) is the profile's stored mean
-embedding for that model (Save Character with a face model) when it has one of the embedder's size,
-else the mean of its reference portraits' embeddings (the largest face of each, found by the same
-detector as the faces being matched), L2-normalised. It is worked out once per profile revision,
+The character's identity for an embedder (:func:`character_identity`) is the embeddings of its
+reference portraits (the largest face of each, found by the same detector as the faces being
+matched), exactly as Face Similarity embeds references. It is worked out once per profile revision,
 embedder and detector per process; the portraits' embeddings are also cached by image content
 (shared with the scoring nodes), so no embedding is computed twice.
 
-A face's similarity is the cosine between its embedding and that mean (as in Dataset Audit). The
-most similar face is the character's if it reaches the threshold: the profile's for that model,
-else the profile's default, else the model's own (``char.threshold(model, embedder.threshold)``).
+A face's similarity is the pack's one identity measure
+(:func:`continuity.scoring.similarity.identity_similarity`: the mean of its cosines to the
+references), so Face Fix, Face Region Mask, Face Similarity, Dataset Audit and the training plan
+give the same number for the same face and portraits. The most similar face is the character's if
+it reaches the threshold: the profile's for that model, else the profile's default, else the
+model's own (``char.threshold(model, embedder.threshold)``).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import numpy as np
 
 from ..errors import ContinuityError
 from ..faces.base import Face, as_uint8_rgb
-from ..scoring.cache import EmbeddingCache, content_hash
+from ..scoring.cache import EmbeddingCache
+from ..scoring.similarity import embed_faces, embed_images, identity_similarity
 
 _MAX_IDENTITIES = 64
 _identities: OrderedDict = OrderedDict()
@@ -38,13 +41,17 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class CharacterIdentity:
-    """A character's identity for one embedder: the vector faces are compared with."""
+    """A character's identity for one embedder: the reference embeddings faces are compared with."""
     character: str
     revision: int
-    model: str                      # the embedder's name (the key of the profile's embeddings)
-    vector: np.ndarray = field(repr=False)   # (D,) float32, L2-normalised
+    model: str                      # the embedder's name (the key of the profile's thresholds)
+    references: np.ndarray = field(repr=False)   # (M, D) float32, L2-normalised, one per portrait
     threshold: float
-    source: str                     # where the vector comes from, for reports
+    source: str                     # where the embeddings come from, for reports
+
+    def similarity(self, embeddings: np.ndarray) -> np.ndarray:
+        """The identity measure of each of the (N, D) ``embeddings`` against this character."""
+        return identity_similarity(embeddings, self.references)
 
     def describe(self) -> str:
         return (f"character '{self.character}' (revision {self.revision}): {self.model}, {self.source}, "
@@ -62,41 +69,25 @@ def _embedder_key(embedder) -> tuple:
             int(getattr(embedder, "dim", 0) or 0))
 
 
-def _normalised(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float32).reshape(-1)
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
 def character_identity(char, embedder, *, detector=None, cache: EmbeddingCache | None = None) -> CharacterIdentity:
-    """The character's mean identity embedding for ``embedder`` (see the module docstring).
+    """The character's reference embeddings for ``embedder`` (see the module docstring).
 
-    ``detector`` finds the faces in the reference portraits when there is no stored mean (default:
-    the scoring module's dlib detector). Errors name the ``character`` input.
+    ``detector`` finds the faces in the reference portraits (default: the scoring module's dlib
+    detector). Errors name the ``character`` input.
     """
     model = getattr(embedder, "name", None) or type(embedder).__name__
-    dim = int(getattr(embedder, "dim", 0) or 0)
-    # the vector is cached; the threshold is read from the profile on every call. The key names the
-    # reference files (stored by content hash) and each stored embedding file with its size and time,
-    # so a profile deleted and made again under the same name and revision is not mistaken for the old.
+    # the embeddings are cached; the threshold is read from the profile on every call. The key names
+    # the profile folder and the reference files (stored by content hash, so the same names are the
+    # same pictures).
     key = (os.path.realpath(char.folder) if char.folder else "", char.name, int(char.revision),
-           tuple(char.references), tuple(sorted((m, str(e.get("file")), _file_stamp(char.folder, e.get("file")))
-                                                for m, e in char.embeddings.items())),
-           _embedder_key(embedder), _detector_key(detector))
+           tuple(char.references), _embedder_key(embedder), _detector_key(detector))
     threshold = char.threshold(model, float(getattr(embedder, "threshold", 0.0)))
     with _lock:
         hit = _identities.get(key)
         if hit is not None:
             _identities.move_to_end(key)
             return replace(hit, threshold=float(threshold))
-    stored = char.mean_embedding(model)
-    if stored is not None and (not dim or stored.shape[-1] == dim):
-        entry = char.embeddings.get(model) or {}
-        ident = CharacterIdentity(char.name, int(char.revision), model, _normalised(stored), float(threshold),
-                                  f"stored mean embedding ({entry.get('file', '?')}, "
-                                  f"{entry.get('count', '?')} faces)")
-    else:
-        ident = _from_portraits(char, embedder, model, float(threshold), detector, cache,
-                                note="" if stored is None else f" (the stored {model} mean has another size)")
+    ident = _from_portraits(char, embedder, model, float(threshold), detector, cache)
     with _lock:
         _identities[key] = ident
         while len(_identities) > _MAX_IDENTITIES:
@@ -104,30 +95,19 @@ def character_identity(char, embedder, *, detector=None, cache: EmbeddingCache |
     return ident
 
 
-def _file_stamp(folder: str | None, rel) -> tuple:
-    try:
-        st = os.stat(os.path.join(folder or "", str(rel)))
-        return (st.st_size, st.st_mtime_ns)
-    except OSError:
-        return ()
-
-
-def _from_portraits(char, embedder, model, threshold, detector, cache, note="") -> CharacterIdentity:
-    from ..scoring.similarity import embed_images
+def _from_portraits(char, embedder, model, threshold, detector, cache) -> CharacterIdentity:
     paths = char.reference_images()
     if not paths:
-        raise ContinuityError(f"the profile '{char.name}' has no reference portraits and no stored {model} "
-                              "embedding to recognise the character by; add portraits with Save Character",
-                              input="character")
+        raise ContinuityError(f"the profile '{char.name}' has no reference portraits to recognise the character "
+                              "by; add portraits with Save Character", input="character")
     refs = [as_uint8_rgb(a) for a in char.load_reference_images()]
     found = [r.embedding for r in embed_images(refs, embedder, detector=detector, policy="largest", cache=cache)
              if r.found and r.embedding is not None]
     if not found:
         raise ContinuityError(f"no face was found in the {len(refs)} reference portrait(s) of '{char.name}', so "
                               "the character cannot be recognised", input="character")
-    mean = np.mean(np.stack(found).astype(np.float32), axis=0)
-    return CharacterIdentity(char.name, int(char.revision), model, _normalised(mean), threshold,
-                             f"mean of {len(found)} reference portrait(s){note}")
+    return CharacterIdentity(char.name, int(char.revision), model, np.stack(found).astype(np.float32), threshold,
+                             f"{len(found)} reference portrait(s)")
 
 
 def clear_cache() -> None:
@@ -137,27 +117,6 @@ def clear_cache() -> None:
 
 
 # --------------------------------------------------------------------------- matching faces
-
-def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: EmbeddingCache | None = None) -> np.ndarray:
-    """(len(faces), D) identity embeddings of ``faces`` in ``rgb``; each face embedded once per image
-    content (cached), the others of a call in one batch."""
-    from ..scoring.similarity import default_cache
-    cache = default_cache if cache is None else cache
-    if not faces:
-        return np.zeros((0, int(getattr(embedder, "dim", 0) or 0)), np.float32)
-    rgb = as_uint8_rgb(rgb)
-    h = content_hash(rgb)
-    keys = [("face-emb", h, tuple(round(float(v), 2) for v in f.box), f.backend, f.landmarks68 is None,
-             *_embedder_key(embedder)) for f in faces]
-    out: list[np.ndarray | None] = [cache.get(k) for k in keys]
-    todo = [i for i, v in enumerate(out) if v is None]
-    if todo:
-        vecs = np.asarray(embedder.embed(rgb, [faces[i] for i in todo]), np.float32)
-        for i, v in zip(todo, vecs):
-            out[i] = _normalised(v)
-            cache.put(keys[i], out[i])
-    return np.stack([v for v in out if v is not None]).astype(np.float32)
-
 
 @dataclass
 class FaceMatch:
@@ -205,10 +164,10 @@ def match_faces(rgb: np.ndarray, faces: list[Face], identity: CharacterIdentity,
     if not ordered:
         return FaceMatch(identity, [], [], None)
     emb = embed_faces(rgb, ordered, embedder, cache=cache)
-    if emb.shape[1] != identity.vector.shape[0]:
+    if emb.shape[1] != identity.references.shape[1]:
         raise ContinuityError(f"the face embeddings have {emb.shape[1]} dimensions but the character's "
-                              f"{identity.model} identity has {identity.vector.shape[0]}", input="character")
-    sims = [float(v) for v in emb @ identity.vector]
+                              f"{identity.model} identity has {identity.references.shape[1]}", input="character")
+    sims = [float(v) for v in identity.similarity(emb)]
     return FaceMatch(identity, ordered, sims, int(np.argmax(sims)))
 
 

@@ -310,7 +310,7 @@ def format_report(plan: Plan, results: list[StageResult], error: str | None = No
             lines.append(f"   refine: {f.get('generated', 0)} test images with stage {prev.index if prev else '?'}'s "
                          f"LoRA, {f.get('below_threshold', 0)} below the threshold"
                          + (f" {thr:.3f}" if isinstance(thr, (int, float)) else "")
-                         + f", {f.get('fixed', 0)} fixed (score raised), {f.get('no_face', 0)} without a face; "
+                         + f", {f.get('fixed', 0)} fixed (score not lower), {f.get('no_face', 0)} without a face; "
                          f"{f.get('kept', 0)} kept -> dataset v{f.get('dataset_version')} "
                          f"({f.get('subfolder', '')}/, the previous version's {f.get('previous_images', '?')} images as they were)")
         if prev is None and rep:
@@ -340,7 +340,7 @@ class RefineImage:
     before: float | None = None         # identity score as generated (None: no face)
     fix_score: float | None = None      # score of the face-fixed image (None: no fix tried or no face after it)
     fix_note: str = ""
-    fixed: bool = False                 # the fix was kept (it raised the score)
+    fixed: bool = False                 # the fix was kept (the score did not drop)
     score: float | None = None          # final score
     threshold: float | None = None
     kept: bool = False
@@ -358,11 +358,13 @@ def needs_fix(im: RefineImage, threshold: float | None) -> bool:
 
 
 def select_refined(images: list[RefineImage], threshold: float | None) -> list[RefineImage]:
-    """Decide per image: the fix is kept only if it raised the score; the image is kept if its final
-    score reaches ``threshold`` (None: every image with a face). Returns the same list."""
+    """Decide per image: the fix is kept by the face fix's keep rule (``continuity.fix.keep_fix``: the
+    identity measure did not drop); the image is kept if its final score reaches ``threshold`` (None:
+    every image with a face). Returns the same list."""
+    from ..fix import keep_fix
     for im in images:
         im.threshold = threshold
-        im.fixed = im.fix_score is not None and im.before is not None and im.fix_score > im.before
+        im.fixed = im.fix_score is not None and im.before is not None and keep_fix(im.before, im.fix_score)
         im.score = im.fix_score if im.fixed else im.before
         if im.faces == 0 or im.before is None:
             im.kept, im.reason = False, "no face found"

@@ -21,8 +21,9 @@ from ..limits import MAX_CONTACT_THUMBS
 from ..faces import head_pose
 from ..arrays import as_float_rgb, mask_bbox
 from ..faces.base import Face, as_uint8_rgb
-from ..geometry import resize
+from ..fix.geometry import resize
 from ..scoring.cache import EmbeddingCache, content_hash
+from ..scoring.similarity import identity_score, identity_similarity, reference_cosines
 
 FRAMINGS = ("close-up", "close-up portrait", "portrait", "3/4 shot", "full body")
 SCALES = {"close-up": "close", "close-up portrait": "close", "portrait": "medium", "3/4 shot": "medium",
@@ -162,8 +163,10 @@ def audit(images: list[np.ndarray], names: list[str] | None = None, *, detector=
           workers: int = 2, progress=None, reference: np.ndarray | None = None) -> AuditResult:
     """Audit a set of images (uint8 or float RGB arrays).
 
-    Identity outliers are judged against ``reference`` (e.g. a character's mean embedding, same model as
-    ``embedder``) when given, else against the leave-one-out mean of the set.
+    Identity outliers are judged with the pack's identity measure (the mean of the cosines to the
+    references, :func:`continuity.scoring.similarity.identity_similarity`): against ``reference``
+    ((M, D) embeddings of the reference portraits, e.g. a character's, same model as ``embedder``)
+    when given, else against the other images of the set (leave one out).
     """
     opt = options or AuditOptions()
     names = list(names or [])
@@ -241,8 +244,9 @@ def _mark_duplicates(rows: list[ImageAudit], analyses: list[_Analysis], max_bits
 
 def _mark_identity(rows: list[ImageAudit], analyses: list[_Analysis], thr: float | None,
                    reference: np.ndarray | None) -> None:
-    """Each embedded image's similarity, to ``reference`` when given, else to the leave-one-out mean
-    of the others; below ``thr`` it is an identity outlier."""
+    """Each embedded image's identity measure (the mean of its cosines) against ``reference`` (the
+    (M, D) reference embeddings) when given, else against the other images; below ``thr`` it is an
+    identity outlier."""
     embs = [(i, a.embedding) for i, a in enumerate(analyses) if a.embedding is not None]
     if reference is not None:
         sims = _similarity_to_reference(embs, reference)
@@ -258,30 +262,25 @@ def _mark_identity(rows: list[ImageAudit], analyses: list[_Analysis], thr: float
 
 
 def _similarity_to_reference(embs: list[tuple[int, np.ndarray]], reference: np.ndarray) -> list[tuple[int, float]]:
-    ref = np.asarray(reference, np.float32).reshape(-1)
-    ref = ref / max(float(np.linalg.norm(ref)), 1e-9)
-    out = []
-    for i, e in embs:
-        if e.shape[-1] != ref.shape[0]:
-            raise ContinuityError(f"the reference embedding has {ref.shape[0]} dimensions, the images' "
-                                  f"{e.shape[-1]}: use the identity model the references were embedded with",
-                                  input="character")
-        out.append((i, float(e @ ref / max(float(np.linalg.norm(e)), 1e-9))))
-    return out
+    """The identity measure of each embedding against the (M, D) reference embeddings."""
+    if not embs:
+        return []
+    ref = np.atleast_2d(np.asarray(reference, np.float32))
+    dims = {e.shape[-1] for _, e in embs}
+    if dims != {ref.shape[1]}:
+        raise ContinuityError(f"the reference embeddings have {ref.shape[1]} dimensions, the images' "
+                              f"{', '.join(str(d) for d in sorted(dims))}: use the identity model the references "
+                              "were embedded with", input="character")
+    sims = identity_similarity(np.stack([e for _, e in embs]), ref)
+    return [(i, float(s)) for (i, _), s in zip(embs, sims)]
 
 
 def _similarity_leave_one_out(embs: list[tuple[int, np.ndarray]]) -> list[tuple[int, float]]:
+    """The identity measure of each embedding against the other images of the set."""
     if len(embs) < 2:
         return []
-    mat = np.stack([e for _, e in embs])
-    mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
-    total = mat.sum(axis=0)
-    out = []
-    for k, (i, _e) in enumerate(embs):
-        mean = total - mat[k]
-        mean = mean / max(np.linalg.norm(mean), 1e-9)
-        out.append((i, float(mat[k] @ mean)))
-    return out
+    cos = reference_cosines(np.stack([e for _, e in embs]), np.stack([e for _, e in embs]))
+    return [(i, identity_score(np.delete(cos[k], k))) for k, (i, _e) in enumerate(embs)]
 
 
 def _coverage(rows: list[ImageAudit]) -> tuple[dict, list[str]]:

@@ -612,13 +612,38 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
         faces = faces_or_analyzer.detect(rgb, image_index=image_index)
         parser = parser or faces_or_analyzer.parser
     unavailable = tuple(r for r in regions if r not in parser.regions)
-    wanted = tuple(r for r in regions if r in parser.regions)
     chosen = select_faces(faces, which, index) if chosen is None else list(chosen)
-    total = np.zeros((h, w), np.uint8)
     per_region: dict[str, np.ndarray] = {}
+    total = np.zeros((h, w), np.uint8)
+    for sel in face_masks(rgb, faces, chosen, regions=regions, grow=grow, grow_unit=grow_unit,
+                          fill_holes=fill_holes, parser=parser, per_region=per_region, person=person):
+        total |= sel
+    total = feather_mask(total, feather)
+    return MaskResult(mask=total, faces=faces, chosen=chosen, regions=regions, unavailable=unavailable,
+                      per_region=per_region)
+
+
+def face_masks(rgb: np.ndarray, faces: list[Face], chosen: list[Face], *, regions=DEFAULT_REGIONS,
+               grow: float = 0.0, grow_unit: str = "px", fill_holes: bool = True, parser=None,
+               per_region: dict | None = None, person=None) -> list[np.ndarray]:
+    """One (H, W) uint8 0/1 mask per face of ``chosen`` (in that order), before feathering.
+
+    ``faces`` are all the faces of the image (a face's hair and ears stop where another face's
+    begin); the person segmentation is computed once for all of them (or given as ``person``) and
+    nothing is re-sorted. ``per_region`` (a dict), when given, collects the union of each region."""
+    rgb = as_uint8_rgb(rgb)
+    h, w = rgb.shape[:2]
+    regions = normalise_regions(regions)
+    if grow_unit not in ("px", "percent"):
+        raise ContinuityError(f"grow unit '{grow_unit}' is not 'px' or 'percent'", input="grow_unit")
+    if parser is None:
+        from . import get_parser
+        parser = get_parser("auto")
+    wanted = tuple(r for r in regions if r in parser.regions)
     if person is None and chosen and getattr(parser, "use_mediapipe", False) and \
             set(wanted) & {"hair", "ears", "beard", "neck"}:
         person = parser.person(rgb)
+    out = []
     for f in chosen:
         kw = {"person": person} if person is not None else {}
         parts = limit_to_head(parser.parse(rgb, f, faces=faces, want=set(parser.regions), **kw), f, faces)
@@ -627,17 +652,15 @@ def region_masks(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, wh
         for name, m in parts.items():
             if name in wanted:
                 sel |= m
-                per_region[name] = per_region[name] | m if name in per_region else m
+                if per_region is not None:
+                    per_region[name] = per_region[name] | m if name in per_region else m
             else:
                 rest |= m
         if fill_holes:
             sel = _fill_holes(sel, keep_out=rest)
         amount = grow * max(f.width, f.height) / 100.0 if grow_unit == "percent" else grow
-        sel = grow_mask(sel, amount)
-        total |= sel
-    total = feather_mask(total, feather)
-    return MaskResult(mask=total, faces=faces, chosen=chosen, regions=regions, unavailable=unavailable,
-                      per_region=per_region)
+        out.append(grow_mask(sel, amount))
+    return out
 
 
 def face_region_mask(rgb: np.ndarray, faces_or_analyzer, regions=DEFAULT_REGIONS, which: str = "largest",

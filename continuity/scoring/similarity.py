@@ -1,5 +1,12 @@
 """Face similarity of candidate images to reference portraits, per identity model.
 
+**The identity measure** (one definition, used by every node and core function that says "similar
+to the character / the references"): :func:`identity_similarity`, the MEAN of the cosines of a
+face's embedding to each reference portrait's embedding. It is the quantity the models' published
+thresholds (pairwise cosine similarities) are valid for, averaged over the references. It is *not*
+the cosine to the normalised mean embedding, which is that number divided by the mean's norm and so
+always larger (see docs/scoring.md).
+
 For every image: detect faces once, pick one by the policy (largest, or the one inside a mask),
 embed it once per model (cached by image content), then cosine similarity to each reference.
 A candidate without a face gets no score (``None``) and a flag, never a made-up number; a
@@ -84,6 +91,12 @@ def _detect_cached(rgb: np.ndarray, h: str, detector, cache: EmbeddingCache) -> 
     return faces
 
 
+def detect_faces(rgb: np.ndarray, detector, cache: EmbeddingCache | None = None) -> list[Face]:
+    """The faces ``detector`` finds in ``rgb``, cached by image content (shared with the scoring)."""
+    rgb = as_uint8_rgb(rgb)
+    return _detect_cached(rgb, content_hash(rgb), detector, default_cache if cache is None else cache)
+
+
 def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: str = "largest",
                  masks: list[np.ndarray | None] | None = None, cache: EmbeddingCache | None = None,
                  progress=None, batch_size: int = 16) -> list[FaceEmbedding]:
@@ -137,6 +150,31 @@ def embed_images(images: list[np.ndarray], embedder, *, detector=None, policy: s
     return results  # type: ignore[return-value]
 
 
+def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: EmbeddingCache | None = None) -> np.ndarray:
+    """(len(faces), D) identity embeddings of ``faces`` in ``rgb``; each face embedded once per image
+    content (cached), the others of a call in one batch."""
+    cache = default_cache if cache is None else cache
+    if not faces:
+        return np.zeros((0, int(getattr(embedder, "dim", 0) or 0)), np.float32)
+    rgb = as_uint8_rgb(rgb)
+    h = content_hash(rgb)
+    keys = [("face-emb", h, tuple(round(float(v), 2) for v in f.box), f.backend, f.landmarks68 is None,
+             *_embedder_key(embedder)) for f in faces]
+    out: list[np.ndarray | None] = [cache.get(k) for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    if todo:
+        vecs = np.asarray(embedder.embed(rgb, [faces[i] for i in todo]), np.float32)
+        for i, v in zip(todo, vecs):
+            out[i] = np.asarray(v, np.float32)     # as embed_images keeps it: the same bits
+            cache.put(keys[i], out[i])
+    return np.stack(out).astype(np.float32)
+
+
+def _embedder_key(embedder) -> tuple:
+    return (getattr(embedder, "name", type(embedder).__name__), getattr(embedder, "model_path", ""),
+            int(getattr(embedder, "dim", 0) or 0))
+
+
 def _flush(embedder, chips: list, pending: list, results: list, cache: EmbeddingCache) -> None:
     """Embed the waiting chips in one batch and store the results (the lists are emptied)."""
     if not pending:
@@ -148,6 +186,48 @@ def _flush(embedder, chips: list, pending: list, results: list, cache: Embedding
         cache.put(key, res)
     chips.clear()
     pending.clear()
+
+
+# --------------------------------------------------------------------------- the identity measure
+
+def reference_cosines(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """(N, M) float32 cosines of N face embeddings to M reference embeddings (both L2-normalised)."""
+    e = np.asarray(embeddings, np.float32)
+    r = np.asarray(references, np.float32)
+    if e.ndim == 1:
+        e = e[None]
+    if r.ndim == 1:
+        r = r[None]
+    if e.shape[-1] != r.shape[-1]:
+        raise ContinuityError(f"the face embeddings have {e.shape[-1]} dimensions but the references' have "
+                              f"{r.shape[-1]} (another identity model?)", input="references")
+    return (e @ r.T).astype(np.float32)
+
+
+def identity_score(cosines) -> float:
+    """The identity measure of one face from its cosines to the references: their mean."""
+    return float(np.mean(np.asarray(cosines, np.float32)))
+
+
+def identity_similarity(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """THE identity measure: for each of N faces, the mean of its cosines to the M references
+    ((N,) float64). Embeddings are L2-normalised (N, D) / (M, D)."""
+    return np.array([identity_score(row) for row in reference_cosines(embeddings, references)], np.float64)
+
+
+def reference_embeddings(references: list[np.ndarray], embedder, *, detector=None,
+                         cache: EmbeddingCache | None = None, reference_names: list[str] | None = None,
+                         input: str = "references") -> np.ndarray:
+    """(M, D) embeddings of the largest face of each reference portrait (cached by content); a
+    reference without a face is an error naming it."""
+    refs = embed_images(references, embedder, detector=detector, policy="largest", cache=cache)
+    for j, r in enumerate(refs):
+        if not r.found:
+            label = reference_names[j] if reference_names and j < len(reference_names) else f"#{j}"
+            h, w = np.asarray(references[j]).shape[:2]
+            raise ContinuityError(f"no face found in reference image {label} ({w}x{h}); use a clear portrait",
+                                  input=input)
+    return np.stack([r.embedding for r in refs]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- scores
@@ -170,7 +250,7 @@ class ModelScores:
 
     @property
     def mean(self) -> list[float | None]:
-        return [None if not c.found else float(np.mean(row)) for c, row in zip(self.candidates, self.sims)]
+        return [None if not c.found else identity_score(row) for c, row in zip(self.candidates, self.sims)]
 
     @property
     def max(self) -> list[float | None]:
@@ -260,19 +340,13 @@ def score_set(references: list[np.ndarray], candidates: list[np.ndarray], embedd
         raise ContinuityError("no candidate image given", input="candidates")
     models: dict[str, ModelScores] = {}
     for emb in embedders:
-        refs = embed_images(references, emb, detector=detector, policy="largest", cache=cache)
-        for j, r in enumerate(refs):
-            if not r.found:
-                label = reference_names[j] if reference_names and j < len(reference_names) else f"#{j}"
-                raise ContinuityError(f"no face found in reference image {label} "
-                                      f"({references[j].shape[1]}x{references[j].shape[0]}); use a clear portrait",
-                                      input="references")
+        R = reference_embeddings(references, emb, detector=detector, cache=cache, reference_names=reference_names)
+        refs = embed_images(references, emb, detector=detector, policy="largest", cache=cache)   # cached above
         cands = embed_images(candidates, emb, detector=detector, policy=policy, masks=masks, cache=cache,
                              progress=progress)
-        R = np.stack([r.embedding for r in refs if r.embedding is not None])
         sims = np.full((len(cands), len(refs)), np.nan, np.float32)
         for i, c in enumerate(cands):
             if c.found:
-                sims[i] = R @ c.embedding
-        models[emb.name] = ModelScores(emb.name, float(emb.threshold), sims, R @ R.T, cands, refs)
+                sims[i] = reference_cosines(c.embedding, R)[0]
+        models[emb.name] = ModelScores(emb.name, float(emb.threshold), sims, reference_cosines(R, R), cands, refs)
     return ScoreSet(name, models, list(filenames or []))

@@ -19,6 +19,7 @@ from continuity.faces import mediapipe_available
 from continuity.faces.base import Face
 
 REFS = ("img1.jpg", "img2.jpg")                     # the character's reference portraits
+FAR_REFS = ("img16.jpg", "img17.jpg")               # someone in none of the composites
 # (the character in another photo, someone else): identities from assets/faces/README.md
 PAIRS = [("img4.jpg", "img13.jpg"), ("img7.jpg", "img24.jpg")]
 HEIGHT = 320
@@ -35,8 +36,8 @@ def _composites(faces_dir, char_photo, other_photo):
     return (np.concatenate([a, b], 1), a.shape[1]), (np.concatenate([b, a], 1), b.shape[1])
 
 
-def _profile(root, name, faces_dir, **kw):
-    refs = [_photo(faces_dir, f, 400).astype(np.float32) / 255 for f in REFS]
+def _profile(root, name, faces_dir, refs=REFS, **kw):
+    refs = [_photo(faces_dir, f, 400).astype(np.float32) / 255 for f in refs]
     return save_profile(str(root), name, references=refs, **kw)
 
 
@@ -95,55 +96,66 @@ def test_identity_from_portraits_is_computed_once_per_revision(tmp_path):
     emb, det, cache = _CountingEmbedder(), _BoxDetector(), EmbeddingCache()
     ci.clear_cache()
     first = ci.character_identity(char, emb, detector=det, cache=cache)
-    assert emb.faces == 2 and first.threshold == 0.5 and "mean of 2 reference portrait(s)" in first.source
-    assert abs(float(np.linalg.norm(first.vector)) - 1) < 1e-6
+    assert emb.faces == 2 and first.threshold == 0.5 and "2 reference portrait(s)" in first.source
+    assert first.references.shape == (2, 3)
+    assert np.allclose(np.linalg.norm(first.references, axis=1), 1.0, atol=1e-6)
     again = ci.character_identity(load_profile(str(tmp_path), "kim"), emb, detector=det, cache=cache)
-    assert again.vector is first.vector and emb.faces == 2        # the same revision: nothing recomputed
+    assert again.references is first.references and emb.faces == 2   # the same revision: nothing recomputed
     # a new revision with the same portraits: a new identity, but the portraits' embeddings come from
     # the content cache (shared with the scoring nodes)
     newer = save_profile(str(tmp_path), "kim", notes="n")
     third = ci.character_identity(newer, emb, detector=det, cache=cache)
-    assert third is not first and emb.faces == 2 and np.allclose(third.vector, first.vector)
+    assert third is not first and emb.faces == 2 and np.allclose(third.references, first.references)
 
 
 def test_identity_of_a_profile_made_again_is_not_the_old_one(tmp_path):
-    """A profile deleted and saved again under the same name (revision 1 again): the threshold is the
-    new profile's, and a stored mean written anew is read anew."""
+    """A profile deleted and saved again under the same name (revision 1 again): the threshold and the
+    portraits are the new profile's."""
     import shutil
     from continuity.scoring.cache import EmbeddingCache
     rng = np.random.default_rng(5)
-    refs = [rng.random((20, 16, 3)).astype(np.float32)]
     emb, det, cache = _CountingEmbedder(), _BoxDetector(), EmbeddingCache()
     ci.clear_cache()
-    old = save_profile(str(tmp_path), "rae", references=refs, thresholds={"fake": 0.9},
-                       embeddings={"fake": rng.standard_normal((2, 3)).astype(np.float32)})
+    old = save_profile(str(tmp_path), "rae", references=[rng.random((20, 16, 3)).astype(np.float32)],
+                       thresholds={"fake": 0.9})
     first = ci.character_identity(old, emb, detector=det, cache=cache)
     assert first.threshold == 0.9
     shutil.rmtree(tmp_path / "rae")
-    new_vec = rng.standard_normal((2, 3)).astype(np.float32)
-    made_again = save_profile(str(tmp_path), "rae", references=refs, thresholds={"fake": 0.2},
-                              embeddings={"fake": new_vec})
+    made_again = save_profile(str(tmp_path), "rae", references=[rng.random((30, 16, 3)).astype(np.float32)],
+                              thresholds={"fake": 0.2})
     assert made_again.revision == old.revision
     second = ci.character_identity(made_again, emb, detector=det, cache=cache)
-    assert second.threshold == 0.2
-    stored = made_again.mean_embedding("fake")
-    assert "stored mean" in second.source and not np.allclose(second.vector, first.vector)
-    assert np.allclose(second.vector, stored / np.linalg.norm(stored), atol=1e-5)
+    assert second.threshold == 0.2 and emb.faces == 2             # the new portrait was embedded
 
 
-def test_identity_prefers_the_stored_mean(tmp_path):
+def test_identity_is_the_mean_of_the_cosines_to_the_portraits(tmp_path):
+    """The one identity measure: a face's similarity to the character is the mean of its cosines to
+    the reference portraits (as Face Similarity gives it), not the cosine to their normalised mean
+    (always larger); a stored mean embedding does not change it."""
+    from continuity.scoring.similarity import identity_similarity
     rng = np.random.default_rng(1)
-    stored = np.array([[0.0, 0.0, 1.0]], np.float32)
-    char = save_profile(str(tmp_path), "lee", references=[rng.random((20, 16, 3)).astype(np.float32)],
-                        embeddings={"fake": stored})
+    refs = [rng.random((20 + 7 * i, 16, 3)).astype(np.float32) for i in range(3)]
+    char = save_profile(str(tmp_path), "lee", references=refs,
+                        embeddings={"fake": np.array([[0.0, 0.0, 1.0]], np.float32)})
     emb = _CountingEmbedder()
+
+    class SizeDetector:           # a box that depends on the picture's size: three different embeddings
+        name = "size"
+
+        def detect(self, rgb):
+            h, w = rgb.shape[:2]
+            return [Face(box=(float(w % 7), float(h % 5), w - 1.0, h - 1.0), score=1.0)]
+
     ci.clear_cache()
-    ident = ci.character_identity(char, emb, detector=_BoxDetector())
-    assert emb.faces == 0 and np.allclose(ident.vector, [0, 0, 1]) and "stored mean embedding" in ident.source
+    ident = ci.character_identity(char, emb, detector=SizeDetector())
+    assert len({tuple(r) for r in ident.references.round(4)}) == 3
     assert ident.threshold == pytest.approx(0.9)                  # no profile threshold: the model's own
-    # a stored mean of another size (another model under the same name) is not used
-    wrong = save_profile(str(tmp_path), "lee", embeddings={"fake": np.ones((2, 5), np.float32)})
-    assert "reference portrait" in ci.character_identity(wrong, emb, detector=_BoxDetector()).source
+    face = np.array([[0.6, 0.0, 0.8]], np.float32)
+    got = float(ident.similarity(face)[0])
+    assert got == pytest.approx(float(np.mean(ident.references @ face[0])), abs=1e-6)
+    assert got == float(identity_similarity(face, ident.references)[0])
+    mean = ident.references.mean(0)
+    assert float(face[0] @ (mean / np.linalg.norm(mean))) > got   # the old measure read higher
 
 
 def test_match_picks_the_most_similar_face_and_respects_the_threshold():
@@ -151,14 +163,14 @@ def test_match_picks_the_most_similar_face_and_respects_the_threshold():
     rgb = np.zeros((10, 10, 3), np.uint8)
     near = Face(box=(0.0, 0.0, 2.0, 2.0), score=0.5)       # direction (1, 1, 1)
     far = Face(box=(9.0, 0.0, 12.0, 4.0), score=0.9)       # larger, pointing elsewhere
-    target = np.ones(3, np.float32) / np.sqrt(3)
+    target = np.ones((1, 3), np.float32) / np.sqrt(3)
     ident = ci.CharacterIdentity("ana", 2, "fake", target, 0.9, "test")
     m = ci.match_faces(rgb, [near, far], ident, emb)
     assert m.faces[0] is far and m.chosen is near and m.passed and m.best == 1
     assert m.best_similarity == pytest.approx(1.0)
     text = m.describe(0)
     assert "image 0: character 'ana' is face #1 of 2 (0 = largest, box 0,0-2,2)" in text and "similarity 1.000 >= threshold 0.900" in text
-    strict = ci.CharacterIdentity("ana", 2, "fake", np.array([0, 0, 1], np.float32), 0.99, "test")
+    strict = ci.CharacterIdentity("ana", 2, "fake", np.array([[0, 0, 1]], np.float32), 0.99, "test")
     m = ci.match_faces(rgb, [near, far], strict, emb)
     assert m.chosen is None and not m.passed and "no face matches character 'ana'" in m.describe(0)
     assert ci.match_faces(rgb, [], ident, emb).chosen is None
@@ -252,15 +264,15 @@ def test_face_region_mask_masks_the_characters_face(comfy, faces_dir, pair):
     mask, info = res.value("m", 0), res.value("m", 3)
     assert tuple(mask.shape[:1]) == (2,) and res.value("m", 2) == 4
     _assert_on_character(mask.numpy(), seams)
-    assert f"character '{name}' (revision 1): dlib, mean of 2 reference portrait(s)" in info
+    assert f"character '{name}' (revision 1): dlib, 2 reference portrait(s)" in info
     assert f"image 0: character '{name}' is face" in info and f"image 1: character '{name}' is face" in info
     assert "similarity" in info and ">= threshold 0.930" in info
 
 
 @pytest.mark.comfy
 @needs_mediapipe
-def test_detected_faces_and_stored_mean_feed_the_choice(comfy, faces_dir):
-    """Faces from Detect Faces are matched too; the profile's stored mean embedding is used when present."""
+def test_detected_faces_feed_the_choice(comfy, faces_dir):
+    """Faces from Detect Faces are matched too (a stored mean embedding does not change the measure)."""
     from continuity.faces import embedders
     from continuity.scoring.similarity import embed_images
     same, other = PAIRS[0]
@@ -274,15 +286,13 @@ def test_detected_faces_and_stored_mean_feed_the_choice(comfy, faces_dir):
     g["m"]["inputs"]["faces"] = ["d", 0]
     res = comfy.run(g)
     _assert_on_character(res.value("m", 0).numpy(), seams)
-    assert "stored mean embedding (embeddings/dlib-r1.safetensors, 2 faces)" in res.value("m", 3)
+    assert "dlib, 2 reference portrait(s)" in res.value("m", 3)
 
 
 @pytest.mark.comfy
 @needs_mediapipe
 def test_no_matching_face_follows_if_no_face(comfy, faces_dir):
-    rng = np.random.default_rng(3)
-    far = rng.standard_normal((2, 128)).astype(np.float32)       # a stored mean no real face is near
-    _profile(_chars_root(comfy.base), "charmask_far", faces_dir, embeddings={"dlib": far})
+    _profile(_chars_root(comfy.base), "charmask_far", faces_dir, refs=FAR_REFS)   # someone not in the pictures
     folder, _ = _write_composites(comfy.base, "charmask_far_imgs", faces_dir, *PAIRS[0])
     res = comfy.run(_mask_graph(folder, "charmask_far"))
     assert float(res.value("m", 0).max()) == 0.0 and res.value("m", 2) == 4
@@ -421,9 +431,7 @@ def test_face_fix_character_errors_name_node_and_input(comfy, fix_character):
 @needs_mediapipe
 def test_face_fix_without_a_match_passes_the_image_through(comfy, faces_dir, fix_character):
     folder, _ = fix_character
-    rng = np.random.default_rng(4)
-    _profile(_chars_root(comfy.base), "charmask_fix_far", faces_dir,
-             embeddings={"dlib": rng.standard_normal((2, 128)).astype(np.float32)})
+    _profile(_chars_root(comfy.base), "charmask_fix_far", faces_dir, refs=FAR_REFS)
     res = comfy.run(_fix_graph(folder, "charmask_fix_far"))
     src = np.stack([np.asarray(Image.open(comfy.base / "input" / folder / f)).astype(np.float32) / 255
                     for f in ("a_left.png", "b_right.png")])
@@ -452,34 +460,6 @@ def test_face_fix_keeps_the_original_where_the_fix_lowers_the_identity(comfy, fi
     # off: the fix stays and the report says it scored lower
     kept = comfy.run(_fix_graph(folder, "charmask_fix", keep_only_if_better=False)).value("x", 3)
     assert "faces fixed: 2" in kept and "after" in kept
-
-
-def test_identity_guard_keeps_a_fix_that_does_not_lower_the_score(comfy):
-    """The guard's decision with a fixed face that scores higher (or the same) at the same place."""
-    import torch
-    from types import SimpleNamespace
-    fixmod = __import__(comfy.pack_module.__name__ + ".nodes.fix", fromlist=["x"])
-    face = SimpleNamespace(box=(10.0, 10.0, 50.0, 50.0), width=40, height=40)
-    other = SimpleNamespace(box=(60.0, 10.0, 90.0, 40.0), width=30, height=30)
-    detector = SimpleNamespace(detect=lambda rgb, image_index=0: [face, other])
-    chooser = SimpleNamespace(match=lambda rgb, faces, i: SimpleNamespace(faces=[face, other],
-                                                                          similarities=[0.95, 0.99]))
-    src = torch.zeros((3, 64, 96, 3))
-    fixed = [torch.full((1, 64, 96, 3), 0.5), torch.full((1, 64, 96, 3), 0.5), torch.zeros((1, 64, 96, 3))]
-    masks = [torch.ones((1, 64, 96)), torch.ones((1, 64, 96)), torch.zeros((1, 64, 96))]
-    lines: list[str] = []
-    # image 0 was 0.90 before (higher now: kept); image 1 was 0.97 (lower now: undone). The other
-    # face's 0.99 must not count: it is not at the fixed face's place. Image 2's region mask was
-    # empty, so it was not fixed at all.
-    undone = fixmod._check_identity_after_fix(chooser, detector, src, fixed, masks,
-                                              {0: (face.box, 0.90), 1: (face.box, 0.97), 2: (face.box, 0.95)},
-                                              16, True, lines)
-    assert undone == 1
-    assert float(fixed[0].max()) == 0.5 and float(masks[0].max()) == 1.0
-    assert float(fixed[1].max()) == 0.0 and float(masks[1].max()) == 0.0
-    assert lines == ["image 0: similarity 0.900 before the fix, 0.950 after",
-                     "image 1: similarity 0.970 before the fix, 0.950 after: original kept (keep_only_if_better)",
-                     "image 2: similarity 0.950; not fixed (the face's region mask was empty)"]
 
 
 # ----------------------------------------------------------------------------- live server

@@ -166,11 +166,11 @@ def test_select_refined_rules():
            R(3, 3, "closeup", "p", faces=1, before=0.85, fix_score=0.80, fix_note="x"),  # fix lowered the score
            R(4, 4, "closeup", "p", faces=2, before=0.80, fix_score=0.88, fix_note="x"),  # fix helped, not enough
            R(5, 5, "closeup", "p", faces=1, before=0.70, fix_note="the face detector found no face to fix"),
-           R(6, 6, "closeup", "p", faces=1, before=0.85, fix_score=0.85, fix_note="x")]  # no change: not kept
+           R(6, 6, "closeup", "p", faces=1, before=0.85, fix_score=0.85, fix_note="x")]  # not lower: kept (keep_fix)
     assert [planlib.needs_fix(im, 0.93) for im in ims] == [False, False, True, True, True, True, True]
     planlib.select_refined(ims, 0.93)
     assert [im.kept for im in ims] == [False, True, True, False, False, False, False]
-    assert [im.fixed for im in ims] == [False, False, True, False, True, False, False]
+    assert [im.fixed for im in ims] == [False, False, True, False, True, False, True]
     assert [im.score for im in ims] == [None, 0.95, 0.94, 0.85, 0.88, 0.70, 0.85]
     assert ims[0].reason == "no face found"
     assert ims[1].reason == "identity 0.950 >= threshold 0.930"
@@ -180,7 +180,7 @@ def test_select_refined_rules():
     assert ims[5].reason == "identity 0.700 < threshold 0.930 (the face detector found no face to fix)"
     s = planlib.refine_summary(ims, version=3, folder="/x/v3", subfolder="refine", previous="/x/v2",
                                previous_images=5, threshold=0.93, model="dlib")
-    assert (s["generated"], s["no_face"], s["below_threshold"], s["fixed"], s["kept"]) == (7, 1, 5, 2, 2)
+    assert (s["generated"], s["no_face"], s["below_threshold"], s["fixed"], s["kept"]) == (7, 1, 5, 3, 2)
     planlib.select_refined(ims, None)          # no threshold: every image with a face
     assert [im.kept for im in ims] == [False, True, True, True, True, True, True]
 

@@ -244,3 +244,34 @@ def test_face_fix_batch_uses_a_seed_per_face(comfy, faces_dir):
     assert not torch.equal(out[0][inside], out[1][inside]), "face 0 used seed, face 1 seed + 1"
     src = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
     assert torch.equal(out[1][~inside], src[~inside])
+
+
+def test_face_fix_equals_the_chain_of_nodes_with_the_same_settings(comfy, faces_dir):
+    """Face Fix = Face Region Mask -> Crop For Inpaint -> Two-Pass Inpaint -> Paste Back, with the same
+    settings (one face: the chain's mask covers the faces it chose together)."""
+    img = Image.open(faces_dir / "img2.jpg").convert("RGB")
+    img = img.resize((img.width // 6, img.height // 6), Image.LANCZOS)
+    img.save(comfy.base / "input" / "fix_equiv.png")
+    g = _face_fix_graph("fix_equiv.png", which="largest")
+    regions = {r: r in ("skin", "brows", "eyes", "nose", "mouth", "hair")
+               for r in ("skin", "brows", "eyes", "nose", "mouth", "ears", "hair", "beard", "neck", "glasses", "hat")}
+    g["rm"] = {"class_type": "ContinuityFaceRegionMask",
+               "inputs": {"face_model": ["f", 0], "images": ["i", 0], "which": "largest", "index": 0, **regions,
+                          "grow": 5.0, "grow_unit": "percent", "feather": 0.0, "fill_holes": True, "min_size": 16,
+                          "if_no_face": "empty mask"}}
+    g["c"] = {"class_type": "ContinuityCropForInpaint",
+              "inputs": {"image": ["i", 0], "mask": ["rm", 0], "context": 1.5, "min_size": 32, "target_size": 64,
+                         "padding": "edge"}}
+    g["t"] = {"class_type": "ContinuityTwoPassInpaint",
+              "inputs": {"model": ["m", 0], "positive": ["p", 0], "negative": ["n", 0], "vae": ["m", 2],
+                         "image": ["c", 0], "mask": ["c", 1], "seed": 7, "steps": 2, "cfg": 4.0,
+                         "sampler_name": "euler", "scheduler": "normal", "denoise_1": 1.0, "denoise_2": 0.4}}
+    g["s"] = {"class_type": "ContinuityPasteBack",
+              "inputs": {"stitch": ["c", 2], "image": ["t", 0], "feather": 4.5, "colour_match": True}}
+    g["o2"] = {"class_type": "PreviewImage", "inputs": {"images": ["s", 0]}}
+    res = comfy.run(g)
+    assert res.value("x", 2) == 1
+    assert torch.equal(res.value("x", 1), res.value("rm", 0)), "the same face mask"
+    fixed, chained = res.value("x", 0), res.value("s", 0)
+    assert float((fixed - torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)).abs().max()) > 0.01
+    assert torch.equal(fixed, chained), float((fixed - chained).abs().max())

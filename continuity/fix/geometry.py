@@ -37,8 +37,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from .arrays import mask_bbox as mask_bbox  # the crop boxes' input, re-exported
-from .errors import ContinuityError
+from ..arrays import mask_bbox as mask_bbox  # the crop boxes' input, re-exported
+from ..errors import ContinuityError
 
 PAD_MODES = ("edge", "reflect")
 MAX_FEATHER_PX = 64
