@@ -21,12 +21,13 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from continuity.faces import embedders, get_detector  # noqa: E402
-from continuity.scoring.similarity import embed_images, identity_similarity  # noqa: E402
+from continuity.faces import embedders, get_detector
+from continuity.scoring.similarity import embed_images, identity_similarity
 
 
 def groups_from_readme(folder: str) -> list[list[str]]:
-    text = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
     line = text.split("Identities (same person within a group):", 1)[1].strip().split("\n\n")[0]
     return [g.split() for g in re.split(r"\s*·\s*", line.replace("\n", " ")) if g.strip()]
 

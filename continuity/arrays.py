@@ -1,5 +1,5 @@
 """Image-array helpers every pipeline stage shares, defined once: pixel-format conversion and the
-bounding box of a mask. (Resampling has one definition too: ``continuity.geometry.resize``, float
+bounding box of a mask. (Resampling has one definition too: ``continuity.fix.geometry.resize``, float
 Lanczos-3 that never rounds to 8 bits.)"""
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def torch_device() -> str:
     """ComfyUI's torch device as a string (``cpu`` when it cannot tell)."""
     try:
         return str(comfy.model_management.get_torch_device())
-    except Exception:  # noqa: BLE001 - a broken device query must not stop a CPU model
+    except Exception:  # a broken device query must not stop a CPU model
         return "cpu"
 
 
@@ -129,6 +129,39 @@ def apply_character_lora(char, model, clip, strength: float) -> tuple[object, ob
     return model, clip, f"LoRA {lora['name']} at {strength}"
 
 
+def character_conditioning(char, model, model_2, positive, clip, prompt: str, strength: float, lines: list[str]):
+    """(model, model_2, positive) with the character's LoRA and the positive conditioning (encoded
+    here from ``prompt`` when ``clip`` is connected, the character's words first), as Face Fix
+    does it. Notes what was done in ``lines``."""
+    from ..continuity.character.prompting import with_character
+    if clip is not None and positive is not None:
+        raise ContinuityError("connect either positive (conditioning made elsewhere) or clip (the prompt text is "
+                              "then encoded here), not both", input="positive")
+    if clip is None and positive is None:
+        raise ContinuityError("connect positive conditioning, or clip to have the node encode 'prompt'",
+                              input="positive")
+    if clip is None and prompt.strip():
+        raise ContinuityError("the prompt text needs clip to be encoded: connect clip and leave positive "
+                              "unconnected (or empty the prompt)", input="clip")
+    if char is not None:
+        with_lora, clip, note = apply_character_lora(char, model, clip, strength)
+        if model_2 is not None and with_lora is not model:      # the LoRA was applied: pass 2 gets it too
+            model_2, _, _ = apply_character_lora(char, model_2, None, strength)
+            note += " (on model_2 too)"
+        model = with_lora
+        lines.append(f"character '{char.name}' (revision {char.revision}): {note}")
+    if clip is not None:
+        text, added = (with_character(char, prompt) if char is not None else (prompt.strip(), False))
+        positive = encode_text(clip, text)
+        how = ("the character's trigger word and class phrase put first" if added else
+               "as written" if char is None else "as written: it names the character already")
+        lines.append(f"prompt: \"{text}\" ({how})")
+    elif char is not None:
+        lines.append("positive: the connected conditioning, as given (connect clip and write the prompt here to "
+                     "have the character's trigger word added)")
+    return model, model_2, positive
+
+
 # --------------------------------------------------------------------------- sampling
 
 def is_inpaint_model(model) -> bool:
@@ -179,10 +212,11 @@ def _check_sizes(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler,
-                     denoise_1=0.75, denoise_2=0.40, model_2=None):
+                     denoise_1=0.75, denoise_2=0.40, model_2=None, before_pass_2=None):
     """Pass 1: masked inpaint (noise mask; inpaint conditioning for inpaint models). Pass 2: the
     whole crop re-sampled without the mask at ``denoise_2``. Decode and composite into ``image``
-    with ``mask``. Returns (IMAGE (B, H, W, 3), LATENT dict)."""
+    with ``mask``. ``before_pass_2(latent) -> latent``, when given, may change pass 2's input (e.g.
+    blend it toward the previous video frame's). Returns (IMAGE (B, H, W, 3), LATENT dict)."""
     import nodes as comfy_nodes  # ComfyUI's nodes.py (KSampler's own sampling code)
 
     image, mask = _check_sizes(image, mask)
@@ -195,6 +229,8 @@ def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, c
         latent = {"samples": vae.encode(image)}
     throw_if_interrupted()
     latent = {k: v for k, v in latent.items() if k != "noise_mask"}
+    if before_pass_2 is not None:
+        latent = before_pass_2(latent)
     if denoise_2 > 0:
         latent = comfy_nodes.common_ksampler(model_2 if model_2 is not None else model, seed, steps, cfg,
                                              sampler_name, scheduler, positive, negative, latent,
@@ -211,7 +247,7 @@ def two_pass_inpaint(model, positive, negative, vae, image, mask, seed, steps, c
 
 
 def two_pass_inpainter(model, positive, negative, vae, *, seed, steps, cfg, sampler_name, scheduler,
-                       denoise_1, denoise_2, model_2=None, seeds=None, positives=None):
+                       denoise_1, denoise_2, model_2=None, seeds=None, positives=None, before_pass_2=None):
     """The ``inpaint(crops, masks, k, image_index)`` callable of ``continuity.fix`` on ComfyUI's
     samplers: face k of the batch is sampled with ``seed + k`` (or ``seeds[image_index]``), with
     ``positive`` (or ``positives[image_index]``)."""
@@ -220,7 +256,7 @@ def two_pass_inpainter(model, positive, negative, vae, *, seed, steps, cfg, samp
         pos = positives[image_index] if positives is not None else positive
         out, _ = two_pass_inpaint(model, pos, negative, vae, torch.from_numpy(np.ascontiguousarray(crops)),
                                   torch.from_numpy(np.ascontiguousarray(masks)), s, steps, cfg, sampler_name,
-                                  scheduler, denoise_1, denoise_2, model_2)
+                                  scheduler, denoise_1, denoise_2, model_2, before_pass_2)
         return out.numpy()
     return inpaint
 

@@ -96,6 +96,35 @@ def refine_dataset(char, model, clip, vae, *, lora_path: str, dataset_dir: str, 
         extra={"step": "refine", "plan": plan_name, "stage": stage_name, "lora": lora_path})
 
 
+def _dataset_dir(char, dataset_path: str) -> str:
+    """The dataset folder to train on: ``dataset_path`` (confined), else the profile's latest version."""
+    if dataset_path and dataset_path.strip():
+        return _common.confine_dataset(dataset_path.strip())
+    latest = char.latest_dataset()
+    if not latest:
+        raise ContinuityError(f"the profile '{char.name}' has no dataset version yet: give dataset_path "
+                              "or grow a layer first", input="dataset_path")
+    return _common.confine_dataset(str(latest["path"]))
+
+
+def _preset_and_checkpoint(training_preset: str, checkpoint: str):
+    """(the training preset, the checkpoint's full path); plans train presets with one checkpoint."""
+    import folder_paths
+
+    from ..continuity import training
+    preset = training.load_preset(training_preset)
+    ckpt = folder_paths.get_full_path("checkpoints", checkpoint) if checkpoint else None
+    if ckpt is None:
+        raise ContinuityError(f"'{checkpoint}' is not in ComfyUI's checkpoints folder "
+                              f"({', '.join(folder_paths.get_folder_paths('checkpoints'))})", input="checkpoint")
+    slots = list(getattr(preset, "models", {}) or {"pretrained_model_name_or_path": {}})
+    if slots != ["pretrained_model_name_or_path"]:
+        raise ContinuityError(f"preset '{training_preset}' needs the model files {', '.join(slots)}; plans support "
+                              "presets with one checkpoint (use the training node for the others)",
+                              input="training_preset")
+    return preset, ckpt
+
+
 def _training_presets() -> list[str]:
     try:
         from ..continuity.training import list_presets
@@ -210,25 +239,9 @@ class CharacterTrainingPlan(io.ComfyNode):
                                   "which generates test images with the previous stage's LoRA: connect model, clip and "
                                   f"vae (the checkpoint the LoRA is trained for); {', '.join(missing)} not connected. "
                                   "Nothing was trained.", input="model")
-        if dataset_path and dataset_path.strip():
-            ds_dir = _common.confine_dataset(dataset_path.strip())
-        else:
-            latest = char.latest_dataset()
-            if not latest:
-                raise ContinuityError(f"the profile '{char.name}' has no dataset version yet: give dataset_path "
-                                      "or grow a layer first", input="dataset_path")
-            ds_dir = _common.confine_dataset(str(latest["path"]))
-        preset = training.load_preset(training_preset)
+        ds_dir = _dataset_dir(char, dataset_path)
+        preset, ckpt = _preset_and_checkpoint(training_preset, checkpoint)
         base_overrides = training.parse_overrides(overrides)
-        ckpt = folder_paths.get_full_path("checkpoints", checkpoint) if checkpoint else None
-        if ckpt is None:
-            raise ContinuityError(f"'{checkpoint}' is not in ComfyUI's checkpoints folder "
-                                  f"({', '.join(folder_paths.get_folder_paths('checkpoints'))})", input="checkpoint")
-        slots = list(getattr(preset, "models", {}) or {"pretrained_model_name_or_path": {}})
-        if slots != ["pretrained_model_name_or_path"]:
-            raise ContinuityError(f"preset '{training_preset}' needs the model files {', '.join(slots)}; plans support "
-                                  "presets with one checkpoint (use the training node for the others)",
-                                  input="training_preset")
         sd = training.load_sd_scripts(folder_paths.get_user_directory(), script=preset.script)
         loras_root = folder_paths.get_folder_paths("loras")[0]
         jobs_root = training_jobs_root()

@@ -11,11 +11,11 @@ from comfy_api.latest import io
 
 from ..continuity import imageio, limits, store
 from ..continuity.arrays import as_float_rgb, as_uint8_rgb
-from ..continuity.geometry import resize
+from ..continuity.fix.geometry import resize
 from ..continuity.dataset import versions as vs
 from ..continuity.errors import ContinuityError
 from ..continuity.paths import confine
-from . import _common
+from . import _common, _glue
 from ._types import CATEGORY, Character, Dataset, FaceModel
 
 
@@ -141,13 +141,6 @@ def _datasets_root() -> str:
     return os.path.join(_common.output_dir(), DATASETS_SUBDIR)
 
 
-def _first(v, default=None):
-    """A widget value from an is_input_list node (a list of one), or the value itself."""
-    if isinstance(v, list):
-        return v[0] if v else default
-    return default if v is None else v
-
-
 def _detector(face_model=None, *, need: bool = True):
     """The face detector of a connected FACE_MODEL, else the built-in one (mediapipe, else dlib)."""
     from ..continuity import faces
@@ -162,15 +155,10 @@ def _person_mask_fn():
     return faces.person_mask if faces.mediapipe_available() else None
 
 
-def _interrupt():
-    import comfy.model_management
-    comfy.model_management.throw_exception_if_processing_interrupted()
-
-
 def _character(character):
     """The CHARACTER of an optional ``character`` input (a list of one on is_input_list nodes), or None."""
     from ..continuity.character import as_character
-    return as_character(_first(character))
+    return as_character(_glue.first(character))
 
 
 def _reference_embeddings(char, embedder, detector) -> np.ndarray:
@@ -245,7 +233,7 @@ class CutCompositeSheet(io.ComfyNode):
         limits.check_images(sheets, input="sheet", max_pixels=limits.MAX_SHEET_PIXELS, what="sheet")
         made = 0
         for si, img in enumerate(sheets):
-            _interrupt()
+            _glue.throw_if_interrupted()
             u8 = as_uint8_rgb(img)
             rgb = as_float_rgb(img)
             faces = []
@@ -330,7 +318,7 @@ class SquareAndResize(io.ComfyNode):
         pm = _person_mask_fn() if use_person_mask else None
         outs, out_masks, warnings = [], [], []
         for i, img in enumerate(imgs):
-            _interrupt()
+            _glue.throw_if_interrupted()
             u8 = as_uint8_rgb(img)
             h, w = u8.shape[:2]
             faces = det.detect(u8) if mode == "crop" else []
@@ -420,8 +408,8 @@ class DatasetAudit(io.ComfyNode):
         names = list(filenames or [])
         if names and len(names) != len(imgs):
             raise ContinuityError(f"{len(names)} filenames for {len(imgs)} images", input="filenames")
-        fm = _first(face_model)
-        model = _first(identity_model, "dlib")
+        fm = _glue.first(face_model)
+        model = _glue.first(identity_model, "dlib")
         char = _character(character)
         emb = None
         if model != "none":
@@ -430,15 +418,15 @@ class DatasetAudit(io.ComfyNode):
         if char is not None and emb is not None:   # outliers against the character, at its threshold
             reference = _reference_embeddings(char, emb, _detector(fm))
             threshold = char.threshold(emb.name, getattr(emb, "threshold", None))
-        opt = au.AuditOptions(min_side=_first(min_side), min_count=_first(min_count),
-                              yaw_threshold=_first(yaw_threshold), pitch_threshold=_first(pitch_threshold),
-                              use_person_mask=bool(_first(use_person_mask)))
+        opt = au.AuditOptions(min_side=_glue.first(min_side), min_count=_glue.first(min_count),
+                              yaw_threshold=_glue.first(yaw_threshold), pitch_threshold=_glue.first(pitch_threshold),
+                              use_person_mask=bool(_glue.first(use_person_mask)))
         pbar = comfy.utils.ProgressBar(len(imgs))
 
         def progress(_i):
             pbar.update(1)
 
-        _interrupt()
+        _glue.throw_if_interrupted()
         res = au.audit(imgs, names or None, detector=_detector(fm), embedder=emb,
                        person_mask_fn=_person_mask_fn(), options=opt, progress=progress,
                        reference=reference, threshold=threshold)
@@ -588,8 +576,8 @@ class SaveDatasetVersion(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, name, note):
         try:
-            _name_ok(_first(name, ""))
-            store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE)
+            _name_ok(_glue.first(name, ""))
+            store.check_text(_glue.first(note, ""), input="note", max_len=vs.MAX_NOTE)
         except ContinuityError as exc:
             return str(_common.node_error(cls, exc.input, exc.message))
         return True
@@ -599,8 +587,8 @@ class SaveDatasetVersion(io.ComfyNode):
     def execute(cls, images, name, note, captions=None, filenames=None, masks=None, scores=None,
                 character=None) -> io.NodeOutput:
         char = _character(character)
-        name = _name_ok(char.name if char is not None else _first(name, ""))
-        note = store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE)
+        name = _name_ok(char.name if char is not None else _glue.first(name, ""))
+        note = store.check_text(_glue.first(note, ""), input="note", max_len=vs.MAX_NOTE)
         if char is not None:
             note = (f"character {char.name} (revision {char.revision})" + (f"; {note}" if note else ""))
         imgs = _common.split_images(images)
@@ -618,7 +606,7 @@ class SaveDatasetVersion(io.ComfyNode):
         mlist = _common.split_masks(masks)
         if mlist and len(mlist) != n:
             raise ContinuityError(f"{len(mlist)} masks for {n} images", input="masks")
-        sc = _scores_for(_first(scores), n)
+        sc = _scores_for(_glue.first(scores), n)
         items = []
         for i, img in enumerate(imgs):
             m = mlist[i].detach().cpu().float().numpy() if mlist else None
@@ -726,7 +714,7 @@ class MergeFixedImages(io.ComfyNode):
     @classmethod
     @_common.reports_errors("fixed_images")
     def execute(cls, dataset, fixed_images, filenames, note, captions=None, masks=None, scores=None) -> io.NodeOutput:
-        base = vs.from_value(_datasets_root(), _first(dataset), input="dataset")
+        base = vs.from_value(_datasets_root(), _glue.first(dataset), input="dataset")
         imgs = _common.split_images(fixed_images)
         n = len(imgs)
         names = [store.check_line(f, input="filenames", max_len=500) for f in (filenames or [])]
@@ -738,12 +726,12 @@ class MergeFixedImages(io.ComfyNode):
         mlist = _common.split_masks(masks)
         if mlist and len(mlist) != n:
             raise ContinuityError(f"{len(mlist)} masks for {n} fixed images", input="masks")
-        sc = _scores_for(_first(scores), n)
+        sc = _scores_for(_glue.first(scores), n)
         fixes = [vs.Fix(target=names[i], rgb=as_uint8_rgb(img), caption=caps[i] if caps else "",
                         mask=mlist[i].detach().cpu().float().numpy() if mlist else None, scores=sc[i])
                  for i, img in enumerate(imgs)]
         ver = vs.merge_fixed(_datasets_root(), base, fixes,
-                             note=store.check_text(_first(note, ""), input="note", max_len=vs.MAX_NOTE))
+                             note=store.check_text(_glue.first(note, ""), input="note", max_len=vs.MAX_NOTE))
         prov = ver.provenance
         summary = f"{ver.name} v{ver.number} from v{base.number}: {len(prov.get('replaced', []))} replaced, " \
                   f"{prov.get('added', 0)} added -> {_shown_path(ver.path)}"

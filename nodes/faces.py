@@ -14,7 +14,7 @@ from ..continuity import faces as cf
 from ..continuity.errors import ContinuityError
 from ..continuity.faces import masks as cmasks
 from ..continuity.faces.draw import FaceBatch, draw_faces, overlay
-from . import _common
+from . import _common, _glue
 from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Faces
 from ._types import Cast as CastType
@@ -85,8 +85,7 @@ class FaceModelLoader(io.ComfyNode):
     @_common.reports_errors("backend")
     def execute(cls, backend, parser, embedder, device) -> io.NodeOutput:
         if device == "auto":
-            import comfy.model_management as mm
-            device = str(mm.get_torch_device())
+            device = _glue.torch_device()
         analyzer = cf.load_analyzer(backend, device=device, models_dir=_models_dir(backend), parser=parser,
                                     parser_models_dir=_models_dir("retinaface") if parser == "bisenet" else None,
                                     embedder=embedder.strip() or "auto")

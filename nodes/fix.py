@@ -13,7 +13,6 @@ from comfy_api.latest import io
 import comfy.samplers
 
 from ..continuity import limits
-from ..continuity.character.prompting import with_character
 from ..continuity.errors import ContinuityError
 from ..continuity.fix import FixSettings, IdentityGuard, fix_faces, geometry
 from . import _common, _glue
@@ -311,7 +310,7 @@ class FaceFix(io.ComfyNode):
             raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
         chooser = CharacterChooser(face_model, character, which)
         lines: list[str] = []
-        model, model_2, positive = _character_conditioning(chooser.char, model, model_2, positive, clip,
+        model, model_2, positive = _glue.character_conditioning(chooser.char, model, model_2, positive, clip,
                                                            prompt or "", float(lora_strength), lines)
         lines += [n for n in (chooser.note(), chooser.identity_line()) if n]
         frames = [f.detach().cpu().float().numpy() for f in _common.split_images(image)]
@@ -363,37 +362,6 @@ def _face_choice(chooser, which: str, index: int):
         return [match.chosen]
 
     return choose, before, per_image
-
-
-def _character_conditioning(char, model, model_2, positive, clip, prompt: str, strength: float, lines: list[str]):
-    """The models with the character's LoRA and the positive conditioning (encoded here from ``prompt``
-    when ``clip`` is connected, the character's words first). Notes what was done in ``lines``."""
-    if clip is not None and positive is not None:
-        raise ContinuityError("connect either positive (conditioning made elsewhere) or clip (the prompt text is "
-                              "then encoded here), not both", input="positive")
-    if clip is None and positive is None:
-        raise ContinuityError("connect positive conditioning, or clip to have the node encode 'prompt'",
-                              input="positive")
-    if clip is None and prompt.strip():
-        raise ContinuityError("the prompt text needs clip to be encoded: connect clip and leave positive "
-                              "unconnected (or empty the prompt)", input="clip")
-    if char is not None:
-        with_lora, clip, note = _glue.apply_character_lora(char, model, clip, strength)
-        if model_2 is not None and with_lora is not model:      # the LoRA was applied: pass 2 gets it too
-            model_2, _, _ = _glue.apply_character_lora(char, model_2, None, strength)
-            note += " (on model_2 too)"
-        model = with_lora
-        lines.append(f"character '{char.name}' (revision {char.revision}): {note}")
-    if clip is not None:
-        text, added = (with_character(char, prompt) if char is not None else (prompt.strip(), False))
-        positive = _glue.encode_text(clip, text)
-        how = ("the character's trigger word and class phrase put first" if added else
-               "as written" if char is None else "as written: it names the character already")
-        lines.append(f"prompt: \"{text}\" ({how})")
-    elif char is not None:
-        lines.append("positive: the connected conditioning, as given (connect clip and write the prompt here to "
-                     "have the character's trigger word added)")
-    return model, model_2, positive
 
 
 NODES = [CropForInpaint, TwoPassInpaint, PasteBack, FaceFix]

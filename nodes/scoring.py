@@ -14,26 +14,13 @@ from ..continuity.faces.base import as_uint8_rgb
 from ..continuity.paths import confine, safe_name
 from ..continuity.scoring import calibration, plots, report
 from ..continuity.scoring.similarity import POLICIES, ScoreSet, get_face_detector, score_set
-from . import _common
+from . import _common, _glue
 from ._types import CATEGORY, Character, FaceModel, Scores
 
 MODEL_CHOICES = list(embedders.NAMES) + ["all available"]
 POLICY_TOOLTIP = ("Which face of a candidate to score when there are several: largest; in_mask (the face "
                   "inside candidate_masks, e.g. the one you inpainted); only_one (images with several faces "
                   "get no score and a flag).")
-
-
-def _device() -> str:
-    try:
-        import comfy.model_management as mm
-        return str(mm.get_torch_device())
-    except Exception:
-        return "cpu"
-
-
-def _interrupt():
-    import comfy.model_management as mm
-    mm.throw_exception_if_processing_interrupted()
 
 
 def to_uint8_list(images, input: str = "images") -> list[np.ndarray]:
@@ -47,29 +34,23 @@ def resolve_embedders(model: str) -> tuple[list, dict[str, str]]:
     """The embedders to run and, for "all available", why the others did not run."""
     mdir = _common.models_dir()
     if model != "all available":
-        return [embedders.get_embedder(model, models_dir=mdir, device=_device())], {}
+        return [embedders.get_embedder(model, models_dir=mdir, device=_glue.torch_device())], {}
     out, skipped = [], {}
     for a in embedders.availability(mdir):
         if not a.available:
             skipped[a.name] = a.reason
             continue
         try:
-            out.append(embedders.get_embedder(a.name, models_dir=mdir, device=_device()))
+            out.append(embedders.get_embedder(a.name, models_dir=mdir, device=_glue.torch_device()))
         except MissingModelError as exc:
             skipped[a.name] = exc.message
     return out, skipped
 
 
-def _first(v, default=None):
-    if isinstance(v, list):
-        return v[0] if v else default
-    return v if v is not None else default
-
-
 def character_of(character):
     """The CHARACTER of an optional ``character`` input (a list of one for is_input_list nodes), or None."""
     from ..continuity.character import as_character
-    return as_character(_first(character))
+    return as_character(_glue.first(character))
 
 
 def references_for(char, references, *, node: str = "this node") -> tuple[list[np.ndarray], list[str] | None]:
@@ -197,7 +178,7 @@ class FaceSimilarity(io.ComfyNode):
     @_common.reports_errors("candidates")
     def execute(cls, candidates, model, face_policy, set_name, references=None, candidate_masks=None,
                 filenames=None, reference_names=None, face_model=None, character=None) -> io.NodeOutput:
-        model, policy, name = _first(model), _first(face_policy), _first(set_name, "set")
+        model, policy, name = _glue.first(model), _glue.first(face_policy), _glue.first(set_name, "set")
         char = character_of(character)
         refs, char_ref_names = references_for(char, references, node="Face Similarity")
         if char_ref_names is not None:
@@ -213,7 +194,7 @@ class FaceSimilarity(io.ComfyNode):
         names = list(filenames) if filenames else [f"#{i}" for i in range(len(cands))]
         if len(names) != len(cands):
             raise ContinuityError(f"{len(names)} file names for {len(cands)} candidates", input="filenames")
-        fm = _first(face_model)
+        fm = _glue.first(face_model)
         detector = fm.detector if fm is not None and hasattr(fm, "detector") else get_face_detector("dlib")
         embs, skipped = resolve_embedders(model)
         if not embs:
@@ -224,7 +205,7 @@ class FaceSimilarity(io.ComfyNode):
         done = {"n": 0}
 
         def progress(i, n):
-            _interrupt()
+            _glue.throw_if_interrupted()
             done["n"] += 1
             pbar.update_absolute(min(done["n"], len(cands) * len(embs)))
 
@@ -330,14 +311,14 @@ class SelectBySimilarity(io.ComfyNode):
     @_common.reports_errors("scores")
     def execute(cls, images, scores, metric, use_model_threshold, threshold, model, filenames=None,
                 character=None) -> io.NodeOutput:
-        s = _first(scores)
+        s = _glue.first(scores)
         if not isinstance(s, ScoreSet):
             raise ContinuityError("expected the scores output of Face Similarity", input="scores")
-        metric, model = _first(metric), _first(model, "")
+        metric, model = _glue.first(metric), _glue.first(model, "")
         char = character_of(character)
         imgs = _common.split_images(images)
         key, vals, model_thr = _metric_values(s, model, metric)
-        thr = model_thr if _first(use_model_threshold) else float(_first(threshold))
+        thr = model_thr if _glue.first(use_model_threshold) else float(_glue.first(threshold))
         source = ""
         if char is not None:   # the character's threshold replaces use_model_threshold / threshold
             ms = s.models[key]
@@ -536,7 +517,7 @@ class ClipSimilarity(io.ComfyNode):
     @classmethod
     @_common.reports_errors("candidates")
     def execute(cls, clip_vision, references, candidates, prompt, clip=None) -> io.NodeOutput:
-        cv, cl, pr = _first(clip_vision), _first(clip), _first(prompt, "")
+        cv, cl, pr = _glue.first(clip_vision), _glue.first(clip), _glue.first(prompt, "")
         refs = _common.split_images(references)
         cands = _common.split_images(candidates)
         if not refs or not cands:
@@ -614,7 +595,7 @@ class CalibrateIdentityModel(io.ComfyNode):
         if all(labels) or not any(labels):
             raise ContinuityError("the pairs need both Yes (same person) and No (different people) rows",
                                   input="pairs_file")
-        emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_device())
+        emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_glue.torch_device())
         res = calibration.evaluate_pairs(csv_path, emb, loader=load)
         hist = plots.pair_histogram(res["sims"], res["labels"], res["threshold"],
                                     title=f"{model}: ROC AUC {res['roc_auc']:.4f}, accuracy {res['accuracy']:.1%} "

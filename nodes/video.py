@@ -10,10 +10,10 @@ from ..continuity.errors import ContinuityError
 from ..continuity.faces import embedders
 from ..continuity.scoring import plots
 from ..continuity.scoring.similarity import POLICIES, get_face_detector
-from . import _common
+from . import _common, _glue
 from ._types import CATEGORY, Character, FaceModel, Scores, Tracks, TrackStitch
 from ._types import Cast as CastType
-from .scoring import POLICY_TOOLTIP, _device, _interrupt, apply_character_thresholds, character_of, references_for, to_uint8_list
+from .scoring import POLICY_TOOLTIP, apply_character_thresholds, character_of, references_for, to_uint8_list
 
 
 class IdentityOverFrames(io.ComfyNode):
@@ -60,13 +60,13 @@ class IdentityOverFrames(io.ComfyNode):
         char = character_of(character)
         refs, ref_names = references_for(char, references, node="Identity Over Frames")
         fr = to_uint8_list(frames)
-        emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_device())
+        emb = embedders.get_embedder(model, models_dir=_common.models_dir(), device=_glue.torch_device())
         detector = face_model.detector if face_model is not None and hasattr(face_model, "detector") else get_face_detector("dlib")
         import comfy.utils
         pbar = comfy.utils.ProgressBar(len(fr))
 
         def progress(i, n):
-            _interrupt()
+            _glue.throw_if_interrupted()
             pbar.update_absolute(i)
 
         res = video.identity_over_frames(fr, refs, emb, policy=face_policy, detector=detector, progress=progress,
@@ -132,7 +132,7 @@ class MotionIntensity(io.ComfyNode):
     def execute(cls, frames, method, cap, max_side, weight_scale) -> io.NodeOutput:
         fr = to_uint8_list(frames)
         res = video.motion_intensity(fr, method, cap=cap if cap > 0 else None, max_side=max_side,
-                                     models_dir=_common.models_dir(), device=_device(), check_interrupt=_interrupt)
+                                     models_dir=_common.models_dir(), device=_glue.torch_device(), check_interrupt=_glue.throw_if_interrupted)
         h, w = fr[0].shape[:2]
         weights = video.region_weights(res.magnitudes, len(fr), (h, w))
         if weight_scale == "0 to 1":
@@ -364,7 +364,7 @@ class FaceTracks(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(int(frames.shape[0]))
 
         def progress(i, n):
-            _interrupt()
+            _glue.throw_if_interrupted()
             pbar.update_absolute(i, n)
         ts = run_tracking(frames, face_model, _as_cast(cast), min_face=min_face, max_gap=max_gap, samples=samples,
                           cut_threshold=cut_threshold, progress=progress)
@@ -474,7 +474,7 @@ class PasteTrackSequence(io.ComfyNode):
             raise ContinuityError("these frames are not the ones the crops were cut from", input="frames")
         out = frames.detach().cpu().float().clone()
         paste_sequence(None, stitch, crops, out=out.numpy(), feather_percent=feather, colour_match=bool(colour_match),
-                       check_interrupt=_interrupt)
+                       check_interrupt=_glue.throw_if_interrupted)
         return io.NodeOutput(out)
 
 
@@ -570,7 +570,7 @@ class VideoFaceFix(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(int(frames.shape[0]))
 
         def tracking_progress(i, n):
-            _interrupt()
+            _glue.throw_if_interrupted()
             pbar.update_absolute(i, n)
         ts = run_tracking(frames, face_model, cast, min_face=min_face, max_gap=max_gap, samples=samples,
                           cut_threshold=cut_threshold, progress=tracking_progress)
@@ -606,22 +606,20 @@ class VideoFaceFix(io.ComfyNode):
 
 def _member_conditioning(cast, tracks, model, model_2, positive, clip, prompt, strength, lines):
     """Per member index (None: unknown faces): (model, model_2, positive), each worked out once."""
-    from .fix import _character_conditioning
     out = {}
     for key in sorted({t.member for t in tracks}, key=lambda m: -1 if m is None else m):
         char = cast.members[key] if (cast is not None and key is not None) else None
-        out[key] = _character_conditioning(char, model, model_2, positive, clip, prompt, strength, lines)
+        out[key] = _glue.character_conditioning(char, model, model_2, positive, clip, prompt, strength, lines)
     return out
 
 
 def _frame_inpainter(conds, negative, vae, *, seed, steps, cfg, sampler_name, scheduler, denoise_1, denoise_2,
                      temporal_blend):
     """inpaint(crop, mask, track, k) for the core's fix_shot: the still fix's two passes, one seed per track."""
-    from .fix import two_pass_inpaint
     previous: dict[int, torch.Tensor] = {}
 
     def inpaint(crop, mask, track, k):
-        _interrupt()
+        _glue.throw_if_interrupted()
         m, m2, pos = conds[track.member]
 
         def blend(latent):
@@ -629,7 +627,7 @@ def _frame_inpainter(conds, negative, vae, *, seed, steps, cfg, sampler_name, sc
             if temporal_blend > 0 and prev is not None and prev.shape == latent["samples"].shape:
                 latent = dict(latent, samples=latent["samples"] * (1 - temporal_blend) + prev * temporal_blend)
             return latent
-        img, latent = two_pass_inpaint(m, pos, negative, vae, torch.from_numpy(np.ascontiguousarray(crop))[None],
+        img, latent = _glue.two_pass_inpaint(m, pos, negative, vae, torch.from_numpy(np.ascontiguousarray(crop))[None],
                                        torch.from_numpy(np.ascontiguousarray(mask))[None], seed + track.id, steps, cfg,
                                        sampler_name, scheduler, denoise_1, denoise_2, m2, before_pass_2=blend)
         previous[track.id] = latent["samples"].detach()
@@ -689,7 +687,7 @@ class FlickerReport(io.ComfyNode):
         results = []
         lb, la = _LazyFrames(before), _LazyFrames(after)
         for t in tracked:
-            _interrupt()
+            _glue.throw_if_interrupted()
             tc = ts.crops.get(t.id) or stable_track_crop(t, ts.size, lambda f: None)
             fl = TrackFlicker(t.id, t.member_name, list(tc.frames))
             fl.change_before, fl.change_after = temporal_change(lb, la, tc, method=method)

@@ -3,8 +3,9 @@
 ComfyUI-free. A :class:`Cast` is an ordered list of character profiles (what the CAST socket
 carries). Faces are matched to members by the pack's identity measure (the same one the
 single-character nodes use: :func:`continuity.character.identity.character_identity` gives each
-member's identity for an embedder, compared with a face embedding by cosine), each member at its
-own threshold::
+member's identity for an embedder; a face's similarity to it is the mean of its cosines to the
+member's reference portraits, :func:`continuity.scoring.similarity.identity_similarity`), each
+member at its own threshold::
 
     from continuity.cast import Cast, assign_faces
     cast = Cast([ana, ben])
@@ -79,11 +80,12 @@ def similarity_matrix(embeddings: np.ndarray, identities: list) -> np.ndarray:
     if not identities:
         return np.zeros((len(e), 0), np.float32)
     for ident in identities:
-        if e.shape[0] and ident.vector.shape[0] != e.shape[1]:
+        if e.shape[0] and ident.references.shape[1] != e.shape[1]:
             raise ContinuityError(f"the face embeddings have {e.shape[1]} dimensions but {ident.character}'s "
-                                  f"{ident.model} identity has {ident.vector.shape[0]}", input="cast")
-    v = np.stack([i.vector for i in identities]).astype(np.float32)
-    return (e @ v.T).astype(np.float32)
+                                  f"{ident.model} identity has {ident.references.shape[1]}", input="cast")
+    if not e.shape[0]:
+        return np.zeros((0, len(identities)), np.float32)
+    return np.stack([ident.similarity(e) for ident in identities], axis=1).astype(np.float32)
 
 
 @dataclass

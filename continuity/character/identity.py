@@ -49,6 +49,10 @@ class CharacterIdentity:
     threshold: float
     source: str                     # where the embeddings come from, for reports
 
+    def __post_init__(self):
+        refs = np.asarray(self.references, np.float32)
+        object.__setattr__(self, "references", refs[None] if refs.ndim == 1 else refs)   # one vector: one reference
+
     def similarity(self, embeddings: np.ndarray) -> np.ndarray:
         """The identity measure of each of the (N, D) ``embeddings`` against this character."""
         return identity_similarity(embeddings, self.references)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import as_float_rgb, mask_bbox
-from ..geometry import resize
+from ..fix.geometry import resize
 
 Box = tuple[float, float, float, float]
 

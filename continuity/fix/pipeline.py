@@ -149,7 +149,7 @@ def fix_image(image: np.ndarray, faces: list[Face], chosen: list[Face], *, parse
                        fill_holes=settings.fill_holes, parser=parser)
     for face, m in zip(chosen, masks):
         rep = FaceReport(image=image_index, face=next(i for i, f in enumerate(order) if f is face),
-                         box=tuple(float(v) for v in face.box))
+                         box=(float(face.box[0]), float(face.box[1]), float(face.box[2]), float(face.box[3])))
         reports.append(rep)
         if guard is not None:
             rep.guarded = True

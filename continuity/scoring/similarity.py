@@ -167,7 +167,7 @@ def embed_faces(rgb: np.ndarray, faces: list[Face], embedder, *, cache: Embeddin
         for i, v in zip(todo, vecs):
             out[i] = np.asarray(v, np.float32)     # as embed_images keeps it: the same bits
             cache.put(keys[i], out[i])
-    return np.stack(out).astype(np.float32)
+    return np.stack([v for v in out if v is not None]).astype(np.float32)
 
 
 def _embedder_key(embedder) -> tuple:
@@ -227,7 +227,7 @@ def reference_embeddings(references: list[np.ndarray], embedder, *, detector=Non
             h, w = np.asarray(references[j]).shape[:2]
             raise ContinuityError(f"no face found in reference image {label} ({w}x{h}); use a clear portrait",
                                   input=input)
-    return np.stack([r.embedding for r in refs]).astype(np.float32)
+    return np.stack([r.embedding for r in refs if r.embedding is not None]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- scores
@@ -346,7 +346,7 @@ def score_set(references: list[np.ndarray], candidates: list[np.ndarray], embedd
                              progress=progress)
         sims = np.full((len(cands), len(refs)), np.nan, np.float32)
         for i, c in enumerate(cands):
-            if c.found:
+            if c.found and c.embedding is not None:
                 sims[i] = reference_cosines(c.embedding, R)[0]
         models[emb.name] = ModelScores(emb.name, float(emb.threshold), sims, reference_cosines(R, R), cands, refs)
     return ScoreSet(name, models, list(filenames or []))

@@ -15,7 +15,7 @@ in its crop and nothing flickers because the window moved:
   neighbour moved by the difference of the smoothed windows, so the face stays aligned); frames
   without a detection (a bridged gap: the face is hidden) get an empty mask and are left as they
   are.
-* **Resampling and paste**: :mod:`continuity.geometry` (Lanczos crop, exact inverse on the way back,
+* **Resampling and paste**: :mod:`continuity.fix.geometry` (Lanczos crop, exact inverse on the way back,
   blending only inside the mask): outside the masks every frame is bit-exact.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .. import geometry, limits
+from .. import limits
+from ..fix import geometry
 from ..errors import ContinuityError
 
 MEDIAN_WINDOW = 5

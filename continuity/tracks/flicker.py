@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .. import geometry, video
+from .. import video
 from ..arrays import as_float_rgb, as_uint8_rgb
+from ..fix import geometry
 from .crops import TrackCrop
 
 WORK_SIDE = 192
