@@ -92,7 +92,7 @@ class LoadCast(io.ComfyNode):
     @classmethod
     @_common.reports_errors("names")
     def execute(cls, names) -> io.NodeOutput:
-        from .character import characters_root
+        from .character_profile import characters_root
         members = [charlib.load_profile(characters_root(), n) for n in cls._names(names)]
         cast = Cast(members)
         text = describe(cast)

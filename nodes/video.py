@@ -184,9 +184,8 @@ MAX_FRAMES = 4096
 def _cast_scoring(cast, face_model):
     """(score(embeddings) -> (n, members), thresholds, names, embed(rgb, faces)) for the cast."""
     from ..continuity.cast import similarity_matrix
-    from ..continuity.character.identity import embed_faces
-    from .character import face_backend
-    det, emb, _ = face_backend(face_model)
+    from ..continuity.scoring.similarity import embed_faces
+    det, emb, _ = _glue.face_backend(face_model)
 
     def embed(rgb, faces):
         return embed_faces(rgb, faces, emb)

@@ -201,7 +201,8 @@ def reference_cosines(embeddings: np.ndarray, references: np.ndarray) -> np.ndar
     if e.shape[-1] != r.shape[-1]:
         raise ContinuityError(f"the face embeddings have {e.shape[-1]} dimensions but the references' have "
                               f"{r.shape[-1]} (another identity model?)", input="references")
-    return (e @ r.T).astype(np.float32)
+    # one face at a time, so a face's cosines are the same bits whether it is scored alone or in a batch
+    return np.stack([r @ row for row in e]).astype(np.float32) if len(e) else np.zeros((0, len(r)), np.float32)
 
 
 def identity_score(cosines) -> float:
