@@ -120,7 +120,7 @@ def bench_growth_node(tmp):
               "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
                          "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 256,
                          "candidates": 2, "seed": 1, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
-                         "scheduler": "normal", "prompt": "", "negative": "", "feathering": 16,
+                         "scheduler": "normal", "prompt": "", "negative": "", "feather_px": 16,
                          "lora_strength": 0.8, "fix_faces": True, "fix_denoise": 0.5, "fix_size": 128,
                          "threshold": 0.0}},
     }

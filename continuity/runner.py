@@ -101,6 +101,29 @@ class Client:
 
 # ----------------------------------------------------------------------------- workflow editing
 
+# Inputs renamed so that one name means one thing in one unit across the pack (README, Changelog).
+# API-format workflows saved before keep working through this runner: the old names are renamed.
+RENAMED_INPUTS = {
+    "ContinuityFaceDetect": {"min_size": "min_face"},
+    "ContinuityFaceRegionMask": {"min_size": "min_face", "feather": "feather_px"},
+    "ContinuityGrowCharacterLayer": {"feathering": "feather_px"},
+}
+
+
+def upgrade_inputs(prompt: dict) -> list[str]:
+    """Rename the inputs of ``prompt`` (API format) that the pack has renamed; what was renamed."""
+    done = []
+    for nid, node in prompt.items():
+        if not isinstance(node, dict):
+            continue
+        inputs = node.get("inputs")
+        for old, new in RENAMED_INPUTS.get(node.get("class_type", ""), {}).items():
+            if isinstance(inputs, dict) and old in inputs and new not in inputs:
+                inputs[new] = inputs.pop(old)
+                done.append(f"{nid}.{old} -> {new}")
+    return done
+
+
 def load_api_workflow(path: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
@@ -108,6 +131,7 @@ def load_api_workflow(path: str) -> dict:
         raise RunnerError(f"{path} is a UI-format workflow; use its API-format twin (example_workflows/api/...)")
     if "prompt" in data and isinstance(data["prompt"], dict):
         data = data["prompt"]
+    upgrade_inputs(data)
     return data
 
 

@@ -273,3 +273,8 @@ def confine_dataset(path: str, input: str = "dataset_path") -> str:
     """A dataset folder inside ComfyUI's input or output folder (relative paths: the input folder)."""
     from ..continuity.paths import confine
     return confine(path, allowed_roots("input", "output"), input=input, kind="dir")
+
+
+def datasets_root() -> str:
+    """Where every dataset version lives: ``<ComfyUI output>/continuity/datasets/<name>/vN``."""
+    return os.path.join(output_dir(), "continuity", "datasets")

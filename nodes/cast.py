@@ -40,7 +40,7 @@ class MakeCast(io.ComfyNode):
             + [Character.Input(f"character_{i}", optional=True, tooltip="Another character (optional).")
                for i in range(2, SLOTS + 1)],
             outputs=[CastType.Output("cast", display_name="cast", tooltip="The characters, in this order."),
-                     io.String.Output("summary", display_name="summary", tooltip="The members as text.")],
+                     io.String.Output("report", display_name="report", tooltip="The members as text.")],
         )
 
     @classmethod
@@ -67,7 +67,7 @@ class LoadCast(io.ComfyNode):
             inputs=[io.String.Input("names", default="", tooltip=f"Profile names, comma-separated (at most {MAX_MEMBERS}), "
                                                                  "e.g. 'ana, ben'.")],
             outputs=[CastType.Output("cast", display_name="cast", tooltip="The characters, in this order."),
-                     io.String.Output("summary", display_name="summary", tooltip="The members as text.")],
+                     io.String.Output("report", display_name="report", tooltip="The members as text.")],
         )
 
     @classmethod

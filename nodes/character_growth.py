@@ -42,10 +42,11 @@ class GrowCharacterLayer(io.ComfyNode):
                 "portrait -> 3/4 -> full body): each image of the current layer is placed on a larger canvas "
                 "(ImagePadForOutpaint) and outpainted with inpaint conditioning and the character's latest LoRA; "
                 "the face is fixed by the face fix (the face-region mask, crop, two-pass inpaint, paste back; "
-                "the fix is kept only if it does not lower the identity score); every candidate is scored against the references (and, for animated "
-                "characters, on style: CLIP-I with a CLIP vision model connected, else colour statistics); those "
-                "above the profile's thresholds go, with a "
-                "provenance file, into a new dataset version of the profile, which is recorded in a new revision."
+                "the fix is kept only if it does not lower the identity score); every candidate is scored against "
+                "the references (and, for animated characters, on style: CLIP-I with a CLIP vision model "
+                "connected, else colour statistics); those above the profile's thresholds go into the next "
+                "version of the character's dataset (output/continuity/datasets/<character>/vN, the provenance in "
+                "its manifest), which is recorded in a new profile revision."
             ),
             is_input_list=True,
             is_output_node=True,
@@ -68,7 +69,8 @@ class GrowCharacterLayer(io.ComfyNode):
                 io.String.Input("prompt", default="", multiline=True,
                                 tooltip="Extra prompt text; the character's trigger word, class phrase and the layer's framing words come first."),
                 io.String.Input("negative", default="blurry, deformed, extra limbs, cropped", multiline=True, tooltip="Negative prompt."),
-                io.Int.Input("feathering", default=24, min=0, max=512, tooltip="Feathering of the outpaint seam, in pixels."),
+                io.Int.Input("feather_px", default=24, min=0, max=512,
+                             tooltip="Soft edge of the outpaint seam, in pixels (ImagePadForOutpaint's feathering)."),
                 io.Float.Input("lora_strength", default=0.8, min=0.0, max=2.0, step=0.05,
                                tooltip="Strength of the character's latest LoRA (when it is in the loras folder); 0: none."),
                 io.Boolean.Input("fix_faces", default=True,
@@ -116,13 +118,13 @@ class GrowCharacterLayer(io.ComfyNode):
     @classmethod
     @_common.reports_errors("images")
     def execute(cls, character, images, model, clip, vae, from_layer, resolution, candidates, seed, steps, cfg,
-                sampler_name, scheduler, prompt, negative, feathering, lora_strength, fix_faces, fix_denoise,
+                sampler_name, scheduler, prompt, negative, feather_px, lora_strength, fix_faces, fix_denoise,
                 fix_size, threshold, face_model=None, filenames=None, clip_vision=None,
                 clip_style_threshold=None, fix_denoise_2=None, fix_regions=None) -> io.NodeOutput:
         g = {k: _glue.first(v) for k, v in dict(
             model=model, clip=clip, vae=vae, from_layer=from_layer, resolution=resolution,
             candidates=candidates, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
-            prompt=prompt, negative=negative, feathering=feathering, lora_strength=lora_strength,
+            prompt=prompt, negative=negative, feather_px=feather_px, lora_strength=lora_strength,
             fix_faces=fix_faces, fix_denoise=fix_denoise, fix_size=fix_size, threshold=threshold,
             face_model=face_model, clip_vision=clip_vision, clip_style_threshold=clip_style_threshold).items()}
         g["fix_denoise_2"] = float(_glue.first(fix_denoise_2, 0.40))
@@ -196,7 +198,7 @@ class _Growth:
             inner = comfy.utils.common_upscale(src[None].movedim(-1, 1), canvas.inner_w, canvas.inner_h,
                                                "lanczos", "disabled").movedim(1, -1).clamp(0, 1)
             padded, mask = comfy_nodes.ImagePadForOutpaint().expand_image(
-                inner, canvas.left, canvas.top, canvas.right, canvas.bottom, g["feathering"])
+                inner, canvas.left, canvas.top, canvas.right, canvas.bottom, g["feather_px"])
             p1, n1, latent0 = _glue.inpaint_latent(self.model, self.pos, self.neg, g["vae"], padded, mask)
             m = mask.reshape(1, *mask.shape[-2:], 1).float()
             for k in range(g["candidates"]):
@@ -235,7 +237,7 @@ class _Growth:
             c.fixed, c.reason = rep.fixed, ""
             if c.fixed:
                 outs[j], c.identity = img, rep.after
-            c.fix_note = rep.line()
+            c.fix_note = rep.outcome() + ("; kept" if rep.fixed else "")
 
     def filter(self, cands, outs) -> dict:
         """Style scores (colour statistics; CLIP-I with a CLIP vision model) and the keep filter."""
@@ -281,11 +283,12 @@ class _Growth:
                       "fix": {"regions": g["fix_regions"], "denoise_1": g["fix_denoise"],
                               "denoise_2": g["fix_denoise_2"], "size": g["fix_size"],
                               "kept_if": "the face's identity does not drop"}}
-        result = growth.write_layer(os.path.join(char.folder, "datasets"), self.layer, cands, outs, previous=prev_dir,
+        result = growth.write_layer(_common.datasets_root(), char.name, self.layer, cands, outs, previous=prev_dir,
                                     caption=growth.LAYER_PROMPT[self.layer], provenance=provenance)
         new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
                                      path=result.folder, note=f"layer {self.layer}: {result.kept}/{len(cands)} kept",
-                                     extra={"layer": self.layer, "kept": result.kept, "candidates": len(cands)})
+                                     extra={"layer": self.layer, "kept": result.kept, "candidates": len(cands),
+                                            "dataset": char.name})
         return new, result
 
 

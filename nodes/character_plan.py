@@ -91,7 +91,8 @@ def refine_dataset(char, model, clip, vae, *, lora_path: str, dataset_dir: str, 
                           "kept_if": "the face's identity does not drop"}}
     return refinelib.refine_step(
         char, tests, scores=refinelib.score_images(char, tests.images, detector=det, embedder=emb), threshold=thr,
-        model_name=model_name, fix=fix, dataset_dir=dataset_dir, provenance=provenance,
+        model_name=model_name, fix=fix, dataset_dir=dataset_dir, datasets_root=_common.datasets_root(),
+        provenance=provenance,
         note=f"refine before stage '{stage_name}'",
         extra={"step": "refine", "plan": plan_name, "stage": stage_name, "lora": lora_path})
 

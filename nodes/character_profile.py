@@ -80,7 +80,7 @@ class LoadCharacter(io.ComfyNode):
                 io.String.Output("class_phrase", display_name="class_phrase", tooltip="The class phrase, e.g. 'woman' or 'cartoon fox'."),
                 io.String.Output("caption_prefix", display_name="caption_prefix", tooltip="'<trigger word> <class phrase>': the start of prompts and captions."),
                 io.Image.Output("references", display_name="references", is_output_list=True, tooltip="The reference portraits, one IMAGE each."),
-                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
+                io.String.Output("report", display_name="report", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -172,7 +172,7 @@ class SaveCharacter(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile at its new revision."),
-                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
+                io.String.Output("report", display_name="report", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -257,7 +257,7 @@ class CharacterInfo(io.ComfyNode):
                 io.Float.Output("threshold", display_name="threshold", tooltip="Similarity threshold (0 when the profile has none)."),
                 io.String.Output("lora_name", display_name="lora_name", tooltip="File name of the latest LoRA for LoraLoader ('' if none)."),
                 io.String.Output("dataset_path", display_name="dataset_path", tooltip="Folder of the latest dataset version ('' if none)."),
-                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
+                io.String.Output("report", display_name="report", tooltip="A readable summary of the profile."),
             ],
         )
 
@@ -331,7 +331,7 @@ class RecordCharacterResult(io.ComfyNode):
             ],
             outputs=[
                 Character.Output("character_out", display_name="character", tooltip="The profile at its new revision."),
-                io.String.Output("summary", display_name="summary", tooltip="A readable summary of the profile."),
+                io.String.Output("report_out", display_name="report", tooltip="A readable summary of the profile."),
             ],
         )
 

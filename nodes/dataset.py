@@ -138,7 +138,7 @@ DATASETS_SUBDIR = os.path.join("continuity", "datasets")
 
 
 def _datasets_root() -> str:
-    return os.path.join(_common.output_dir(), DATASETS_SUBDIR)
+    return _common.datasets_root()
 
 
 def _detector(face_model=None, *, need: bool = True):

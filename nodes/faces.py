@@ -105,9 +105,9 @@ class FaceDetect(io.ComfyNode):
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Load Face Model."),
                 io.Image.Input("images", tooltip="A batch of images (RGB, RGBA or grey)."),
-                io.Int.Input("min_size", default=32, min=0, max=4096,
-                             tooltip="Ignore faces whose box is smaller than this many pixels (tiny faces cannot be "
-                                     "parsed reliably)."),
+                io.Int.Input("min_face", default=24, min=0, max=4096,
+                             tooltip="Ignore faces whose box (its longer side) is smaller than this many pixels, as "
+                                     "Face Fix's min_face (tiny faces cannot be parsed reliably)."),
             ],
             outputs=[
                 Faces.Output("faces", display_name="faces", tooltip="Faces per image, with the image index."),
@@ -118,11 +118,11 @@ class FaceDetect(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("images")
-    def execute(cls, face_model, images, min_size) -> io.NodeOutput:
+    def execute(cls, face_model, images, min_face) -> io.NodeOutput:
         batch = FaceBatch(backend=face_model.backend)
         previews = []
         for i, rgb in enumerate(_rgb_list(images)):
-            faces = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_size]
+            faces = [f for f in face_model.detect(rgb, image_index=i) if max(f.width, f.height) >= min_face]
             batch.faces.append(faces)
             batch.sizes.append(rgb.shape[:2])
             previews.append(torch.from_numpy(draw_faces(rgb, faces).astype(np.float32) / 255.0))
@@ -141,8 +141,8 @@ class FaceRegionMask(io.ComfyNode):
             category=f"{CATEGORY}/faces",
             description=("A mask of the chosen face's regions (skin, brows, eyes, nose, mouth, ears, hair, beard, neck, "
                          "glasses, hat) for every image of a batch, aligned with the batch. Regions the parser cannot "
-                         "give are listed in 'info'. With which = character and a character connected, the face is "
-                         "the one most like the character (its similarity is in 'info'). An image without a face "
+                         "give are listed in 'report'. With which = character and a character connected, the face is "
+                         "the one most like the character (its similarity is in 'report'). An image without a face "
                          "(or without the character's) gets an empty mask (or an error, if asked)."),
             inputs=[
                 FaceModel.Input("face_model", tooltip="From Load Face Model."),
@@ -153,16 +153,19 @@ class FaceRegionMask(io.ComfyNode):
                                        "connected cast (by identity, one face per member); the others are left out."),
                 io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index (0 = largest)."),
                 *regions,
-                io.Float.Input("grow", default=0.0, min=-4096.0, max=4096.0, step=0.5,
-                               tooltip="Grow (> 0) or shrink (< 0) the mask of each face."),
-                io.Combo.Input("grow_unit", options=["px", "percent"], default="px",
-                               tooltip="px: pixels; percent: per cent of the face box size."),
-                io.Float.Input("feather", default=0.0, min=0.0, max=512.0, step=0.5,
-                               tooltip="Soft edge width in pixels (Gaussian blur, sigma = feather / 2)."),
+                io.Float.Input("grow", default=5.0, min=-4096.0, max=4096.0, step=0.5,
+                               tooltip="Grow (> 0) or shrink (< 0) the mask of each face, in grow_unit (default: per "
+                                       "cent of the face box, as Face Fix's grow)."),
+                io.Combo.Input("grow_unit", options=["px", "percent"], default="percent",
+                               tooltip="percent: per cent of the face box size (as Face Fix); px: pixels."),
+                io.Float.Input("feather_px", default=0.0, min=0.0, max=512.0, step=0.5,
+                               tooltip="Soft edge width in pixels (Gaussian blur, sigma = feather_px / 2). (Face Fix's "
+                                       "and Paste Back's feather is a blend width in per cent of the crop side.)"),
                 io.Boolean.Input("fill_holes", default=True,
                                  tooltip="Fill enclosed holes (regions switched off stay out)."),
-                io.Int.Input("min_size", default=32, min=0, max=4096,
-                             tooltip="Ignore faces whose box is smaller than this many pixels."),
+                io.Int.Input("min_face", default=24, min=0, max=4096,
+                             tooltip="Ignore faces whose box (its longer side) is smaller than this many pixels, as "
+                                     "Detect Faces and Face Fix."),
                 io.Combo.Input("if_no_face", options=["empty mask", "error"], default="empty mask",
                                tooltip="What an image without a face (with which = character: without a face that "
                                        "reaches the character's threshold) gives: an all-zero mask, or an error."),
@@ -178,7 +181,7 @@ class FaceRegionMask(io.ComfyNode):
                 io.Mask.Output("mask", display_name="mask", tooltip="One mask per image, same size and order."),
                 io.Image.Output("preview", display_name="preview", tooltip="The images with the mask overlaid."),
                 io.Int.Output("count", display_name="count", tooltip="Number of faces found in the whole batch."),
-                io.String.Output("info", display_name="info",
+                io.String.Output("report", display_name="report",
                                  tooltip="Faces per image, the character's face and its similarity (which = "
                                          "character), and the regions the parser could not give."),
             ],
@@ -190,7 +193,7 @@ class FaceRegionMask(io.ComfyNode):
 
     @classmethod
     @_common.reports_errors("images")
-    def execute(cls, face_model, images, which, index, grow, grow_unit, feather, fill_holes, min_size, if_no_face,
+    def execute(cls, face_model, images, which, index, grow, grow_unit, feather_px, fill_holes, min_face, if_no_face,
                 faces=None, character=None, cast=None, **switches) -> io.NodeOutput:
         regions = [r for r in cf.REGIONS if switches.get(r)]
         if not regions:
@@ -212,7 +215,7 @@ class FaceRegionMask(io.ComfyNode):
                 found = list(faces.faces[i])
             else:
                 found = face_model.detect(rgb, image_index=i)
-            found = [f for f in found if max(f.width, f.height) >= min_size]
+            found = [f for f in found if max(f.width, f.height) >= min_face]
             if not found and if_no_face == "error":
                 raise ContinuityError(f"no face found in image {i} of the batch", input="images")
             chosen = None
@@ -225,7 +228,7 @@ class FaceRegionMask(io.ComfyNode):
                     raise ContinuityError(match.describe(i), input="character")
                 chosen = [match.chosen] if match.chosen is not None else []
             res = cmasks.region_masks(rgb, found, regions=regions, which=which if chosen is None else "all",
-                                      index=index, grow=grow, grow_unit=grow_unit, feather=feather,
+                                      index=index, grow=grow, grow_unit=grow_unit, feather=feather_px,
                                       fill_holes=fill_holes, parser=face_model.parser, image_index=i, chosen=chosen)
             unavailable = res.unavailable
             masks.append(torch.from_numpy(res.mask.astype(np.float32)))
@@ -252,8 +255,7 @@ def _cast_picker(face_model, cast, which: str):
     if cast is None:
         raise ContinuityError("which is 'cast' but no cast is connected: connect Make Cast or Load Cast", input="cast")
     from ..continuity.cast import cast_faces
-    from .character import face_backend
-    det, emb, _ = face_backend(face_model)
+    det, emb, _ = _glue.face_backend(face_model)
 
     def choose(rgb, found, i, notes):
         ic = cast_faces(rgb, found, cast, emb, detector=det)

@@ -238,7 +238,7 @@ class FaceFix(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Vae.Input("vae", tooltip="The VAE that encodes the crop and decodes the result."),
                 io.Combo.Input("which", options=["all", "largest", "most_confident", "index", CHARACTER_CHOICE],
-                               default="all",
+                               default="largest",
                                tooltip="Which faces of each image: all of them, the largest, the most confident, "
                                        "the one at 'index' (0 = largest), or " + WHICH_TIP + " Images without it "
                                        "pass through unchanged."),

@@ -165,7 +165,7 @@ class FaceSimilarity(io.ComfyNode):
             ],
             outputs=[
                 Scores.Output("scores", display_name="scores", tooltip="All scores of this set (for Select By Similarity and Consistency Report)."),
-                io.String.Output("summary", display_name="summary", tooltip="Per-candidate scores and verdicts as text."),
+                io.String.Output("report", display_name="report", tooltip="Per-candidate scores and verdicts as text."),
                 io.Int.Output("faces_missing", display_name="faces_missing", tooltip="Number of candidates in which no face was used."),
             ],
         )
@@ -299,7 +299,7 @@ class SelectBySimilarity(io.ComfyNode):
                 io.Int.Output("failed_indices", display_name="failed_indices", is_output_list=True, tooltip="Indices of the failing images."),
                 io.String.Output("passed_names", display_name="passed_names", is_output_list=True, tooltip="File names of the passing images."),
                 io.String.Output("failed_names", display_name="failed_names", is_output_list=True, tooltip="File names of the failing images."),
-                io.String.Output("summary", display_name="summary", tooltip="What was kept and why."),
+                io.String.Output("report", display_name="report", tooltip="What was kept and why."),
             ],
         )
 
@@ -510,7 +510,7 @@ class ClipSimilarity(io.ComfyNode):
             outputs=[
                 io.Float.Output("image_similarity", display_name="image_similarity", tooltip="Mean over candidates of the mean cosine to the references (CLIP-I / DINO)."),
                 io.Float.Output("text_similarity", display_name="text_similarity", tooltip="Mean cosine of the candidates to the prompt (CLIP-T); 0 when not computed."),
-                io.String.Output("summary", display_name="summary", tooltip="Per-candidate values as text."),
+                io.String.Output("report", display_name="report", tooltip="Per-candidate values as text."),
             ],
         )
 
@@ -553,7 +553,7 @@ class CalibrateIdentityModel(io.ComfyNode):
                 io.Float.Output("accuracy", display_name="accuracy", tooltip="Share of pairs judged right at the model's own threshold."),
                 io.Float.Output("threshold", display_name="threshold", tooltip="The model's threshold (cosine similarity)."),
                 io.Image.Output("histogram", display_name="histogram", tooltip="Similarities of same-person and different-person pairs."),
-                io.String.Output("summary", display_name="summary", tooltip="The figures as text."),
+                io.String.Output("report", display_name="report", tooltip="The figures as text."),
             ],
         )
 

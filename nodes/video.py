@@ -46,7 +46,7 @@ class IdentityOverFrames(io.ComfyNode):
                 io.Int.Output("frames_without_face", display_name="frames_without_face", tooltip="Frames in which no face was used."),
                 io.Image.Output("plot", display_name="plot", tooltip="Similarity over time with the model's threshold."),
                 Scores.Output("scores", display_name="scores", tooltip="Per-frame scores (for Select By Similarity or Consistency Report)."),
-                io.String.Output("summary", display_name="summary", tooltip="The figures as text."),
+                io.String.Output("report", display_name="report", tooltip="The figures as text."),
             ],
         )
 
@@ -119,7 +119,7 @@ class MotionIntensity(io.ComfyNode):
                 io.Float.Output("raw_intensity", display_name="raw_intensity", tooltip="Before the cap."),
                 io.Mask.Output("weight_map", display_name="weight_map", tooltip="Region weights per frame (N, H, W)."),
                 io.Image.Output("magnitude", display_name="magnitude", tooltip="Flow magnitude per frame pair as a picture (brighter: more motion)."),
-                io.String.Output("summary", display_name="summary", tooltip="Per-pair intensities as text."),
+                io.String.Output("report", display_name="report", tooltip="Per-pair intensities as text."),
             ],
         )
 

@@ -10,6 +10,7 @@ into a new dataset version.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -258,78 +259,72 @@ class LayerResult:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def _previous_items(previous: str) -> tuple[list, int | None, str | None]:
-    """The images of the previous version as items to carry over, its number, and its dataset root.
+def jsonable(obj):
+    """``obj`` as plain JSON values (tuples as lists, numpy numbers as numbers) for a manifest."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))
 
-    A folder with a ``manifest.json`` is a dataset version and is read through the store (a manifest
-    the pack did not write is refused); any other folder (a dataset the user made by hand) gives its
-    images and captions, every file confined to the folder.
-    """
+
+def carry_over(root: str, previous: str | None, *, input: str = "character") -> tuple[list, int | None, str]:
+    """The images of the ``previous`` dataset folder as items of a new version (nothing is changed
+    there): a version written by the pack (under ``root``) is carried over hash-checked, record by
+    record; any other folder (already confined by the caller) image by image with its caption.
+    Returns (items, the previous version's number when it is a version of the same dataset, a label)."""
     from ..dataset import versions as vs
-    from ..imageio import list_images, read_caption
-    if os.path.isfile(os.path.join(previous, vs.MANIFEST)):
-        real = os.path.realpath(previous)
-        base, vname = os.path.split(real)
-        if not vname.startswith("v") or not vname[1:].isdigit():
-            raise ContinuityError("the previous dataset version is not a vN folder", input="character")
-        ver = vs.load_version(os.path.dirname(base), os.path.basename(base), int(vname[1:]), input="character")
-        return [vs.carried_over(ver, rec, input="character") for rec in ver.items], ver.number, base
-    items = []
-    for rel in list_images(previous, recursive=True, roots=[previous], input="character"):
-        path = os.path.join(previous, rel)
-        cap = os.path.splitext(path)[0] + ".txt"
-        items.append(vs.Item(filename=rel, keep_file=rel.replace(os.sep, "/"), src_path=path, source=rel,
-                             caption=read_caption(path, roots=[previous]),
-                             src_caption_path=cap if os.path.isfile(cap) else ""))
-    return items, None, None
+    from . import plan as planlib
+    if not previous:
+        return [], None, ""
+    real, base = os.path.realpath(previous), os.path.realpath(root)
+    parent_dir, vname = os.path.split(real)
+    if os.path.dirname(parent_dir) == base and vname[:1] == "v" and vname[1:].isdigit():
+        ver = vs.load_version(root, os.path.basename(parent_dir), int(vname[1:]), input=input)
+        return [vs.carried_over(ver, rec, input=input) for rec in ver.items], ver.number, f"{ver.name}/v{ver.number}"
+    if not os.path.isdir(real):
+        raise ContinuityError(f"the previous dataset version {os.path.basename(previous)} is missing", input=input)
+    items = [vs.Item(filename=os.path.basename(it.rel), folder=os.path.dirname(it.rel), src_path=it.path,
+                     caption=it.caption, source=it.rel) for it in planlib.select_subset(real, ["*"])]
+    return items, None, os.path.basename(real)
 
 
-def write_version(datasets_dir: str, sub: str, entries: list[tuple[str, np.ndarray, str]], *,
-                  previous: str | None, provenance) -> tuple[int, str, str, list[str]]:
-    """A new version of the dataset ``datasets_dir`` (``<root>/<name>``, written by the one dataset writer,
-    :func:`continuity.dataset.versions.save_version`): the previous version's images as they are, plus
-    the sub-folder ``sub`` (``sub_2``, ... if the previous version has one) with ``entries`` (stem, RGB
-    image, caption) as PNG + ``.txt``.
-
-    ``provenance(sub_rel, files)`` returns the provenance dict (stored in the signed manifest), given the
-    sub-folder's name and the entries' file paths relative to the version folder. The previous version
-    is never changed. Returns (version, folder, sub, files).
-    """
-    from ..dataset import versions as vs
-    if previous and not os.path.isdir(previous):
-        raise ContinuityError("the previous dataset version is missing", input="character")
-    carried, parent, parent_base = _previous_items(previous) if previous else ([], None, None)
-    taken = {it.keep_file.split("/")[0] for it in carried if "/" in it.keep_file}
-    folder = sub
-    n = 2
+def free_folder(layer: str, items: list) -> str:
+    """``layer``, or ``layer_2``, ... when the carried-over images have that sub-folder already."""
+    taken = {(getattr(it, "keep_file", "") or "").split("/")[0] for it in items} | {getattr(it, "folder", "")
+                                                                                   for it in items}
+    folder, n = layer, 2
     while folder in taken:
-        folder = f"{sub}_{n}"
-        n += 1
-    files = [f"{folder}/{stem}.png" for stem, _, _ in entries]
-    new_items = [vs.Item(filename=stem, keep_file=rel, rgb=img, caption=caption, source=f"grown: {folder}")
-                 for (stem, img, caption), rel in zip(entries, files)]
-    root, name = os.path.split(os.path.normpath(datasets_dir))
-    same = parent_base is not None and os.path.realpath(parent_base) == os.path.realpath(datasets_dir)
-    prov = dict(provenance(folder, files))
-    prov.setdefault("subfolder", folder)
-    ver = vs.save_version(root, name, carried + new_items, parent=parent if same else None, provenance=prov,
-                          allow_empty=True)
-    return ver.number, ver.path, folder, files
+        folder, n = f"{layer}_{n}", n + 1
+    return folder
 
 
-def write_layer(datasets_dir: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
+def write_layer(root: str, name: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
                 previous: str | None, caption: str, provenance: dict) -> LayerResult:
-    """A new dataset version ``datasets_dir/vN``: the previous version's files, plus ``<layer>/``
-    with the kept candidates (PNG + caption); the manifest's provenance lists every candidate (kept or
-    not) with its scores. Atomic; an existing version is never changed."""
+    """The next version of dataset ``name`` under ``root`` (the one dataset-version writer,
+    ``continuity.dataset.versions.save_version``): the previous version's images carried over, plus
+    ``<layer>/`` with the kept candidates (PNG + caption); the manifest's provenance lists every
+    candidate (kept or not) with its scores. An existing version is never changed."""
+    from ..dataset import versions as vs
     kept = [(c, img) for c, img in zip(cands, images) if c.kept]
-    entries = [(f"{layer}_{c.index:04d}", img, caption) for c, img in kept]
-
-    def prov(sub_rel: str, files: list[str]) -> dict:
-        for (c, _), f in zip(kept, files):
-            c.file = f
-        return {**provenance, "layer": layer, "previous_version": previous,
-                "candidates": [c.to_dict() for c in cands]}
-
-    version, folder, _, _ = write_version(datasets_dir, layer, entries, previous=previous, provenance=prov)
-    return LayerResult(version, folder, layer, len(kept), cands)
+    carried, parent, label = carry_over(root, previous)
+    folder = free_folder(layer, carried)
+    new = [vs.Item(filename=f"{layer}_{c.index:04d}.png", rgb=img, caption=caption, folder=folder,
+                   source=c.source, scores={k: float(v) for k, v in (("identity", c.identity), ("style", c.style),
+                                                              ("clip_style", c.clip_style)) if v is not None})
+           for c, img in kept]
+    if not carried and not new:
+        raise ContinuityError("no candidate passed the filter and there is no previous version: nothing to save "
+                              "(see the report for why; lower the thresholds or grow more candidates)", input="images")
+    for (c, _), it in zip(kept, new):            # a fresh sub-folder: the names are as given
+        c.file = f"{folder}/{it.filename}"
+    prov = {**provenance, "step": "growth", "layer": layer, "subfolder": folder, "previous_version": label or None,
+            "candidates": [c.to_dict() for c in cands]}
+    ver = vs.save_version(root, name, carried + new, parent=parent, provenance=jsonable(prov),
+                          note=f"layer {layer}: {len(kept)}/{len(cands)} kept")
+    if [rec["file"] for rec in ver.items[len(carried):]] != [c.file for c, _ in kept]:
+        raise ContinuityError("the dataset version was written with other file names than its provenance lists",
+                              input="images")
+    return LayerResult(ver.number, ver.path, folder, len(kept), cands)

@@ -151,8 +151,12 @@ def select_subset(dataset_dir: str, patterns: list[str], *, caption_extension: s
         raise ContinuityError(f"the dataset folder {ascii(os.path.basename(dataset_dir))} does not exist",
                               input="dataset")
     out = []
+    # a version written by the pack keeps its masks in masks/: they are not training images
+    skip_masks = os.path.isfile(os.path.join(dataset_dir, "manifest.json"))
     for rel in list_images(dataset_dir, recursive=True, roots=[dataset_dir], input="dataset"):
         rel_u = rel.replace(os.sep, "/")
+        if skip_masks and rel_u.startswith("masks/"):
+            continue
         folder = os.path.dirname(rel_u) or "."
         if any(p == "*" or fnmatch.fnmatchcase(folder, p) or fnmatch.fnmatchcase(folder.split("/")[0], p)
                for p in patterns):
@@ -426,26 +430,36 @@ def refine_summary(images: list[RefineImage], *, version: int, folder: str, subf
             "mean_after_fix": float(sum(final) / len(final)) if final else None}
 
 
-def write_refined_version(datasets_dir: str, previous: str, images: list[RefineImage], pixels: list, *,
+def write_refined_version(root: str, name: str, previous: str, images: list[RefineImage], pixels: list, *,
                           provenance: dict, subfolder: str = REFINE_SUBFOLDER) -> tuple[int, str, str]:
-    """A new dataset version ``datasets_dir/vN``: ``previous`` as it is (hard links, else copies) plus
-    ``<subfolder>/`` with the kept images (PNG + their ``caption``); the manifest's provenance holds every
-    test image, kept or not, with its scores. ``previous`` is never changed. Returns (version,
-    folder, sub-folder name)."""
-    from .growth import write_version
+    """The next version of dataset ``name`` under ``root`` (the one dataset-version writer): the
+    ``previous`` dataset's images carried over (never changed), plus ``<subfolder>/`` with the kept
+    images and their ``caption``; the manifest's provenance lists every test image, kept or not,
+    with its scores. Returns (version, folder, sub-folder name)."""
+    from ..dataset import versions as vs
+    from .growth import carry_over, free_folder, jsonable
     if len(pixels) != len(images):
-        raise ValueError(f"{len(pixels)} images for {len(images)} records")
+        raise ContinuityError(f"{len(pixels)} images for {len(images)} records", input="images")
+    carried, parent, label = carry_over(root, previous)
+    folder = free_folder(subfolder, carried)
     kept = [(im, px) for im, px in zip(images, pixels) if im.kept]
-    entries = [(f"{im.layer}_{im.index:04d}", px, im.caption) for im, px in kept]
-
-    def prov(sub_rel: str, files: list[str]) -> dict:
-        for (im, _), f in zip(kept, files):
-            im.file = f
-        return {**provenance, "step": "refine", "previous_version": previous, "subfolder": sub_rel,
-                "images": [im.to_dict() for im in images]}
-
-    version, folder, sub, _ = write_version(datasets_dir, subfolder, entries, previous=previous, provenance=prov)
-    return version, folder, sub
+    new = [vs.Item(filename=f"{im.layer}_{im.index:04d}.png", rgb=px, caption=im.caption, folder=folder,
+                   source=f"test image {im.index} (seed {im.seed})",
+                   scores={k: float(v) for k, v in (("before", im.before), ("score", im.score)) if v is not None})
+           for im, px in kept]
+    if not carried and not new:
+        raise ContinuityError("no test image reached the threshold and there is no previous dataset: nothing to "
+                              "save", input="images")
+    for (im, _), it in zip(kept, new):            # a fresh sub-folder: the names are as given
+        im.file = f"{folder}/{it.filename}"
+    prov = {**provenance, "step": "refine", "previous_version": label or None, "subfolder": folder,
+            "images": [im.to_dict() for im in images]}
+    ver = vs.save_version(root, name, carried + new, parent=parent, provenance=jsonable(prov),
+                          note=f"refine: {len(kept)}/{len(images)} test images kept")
+    if [rec["file"] for rec in ver.items[len(carried):]] != [im.file for im, _ in kept]:
+        raise ContinuityError("the dataset version was written with other file names than its provenance lists",
+                              input="images")
+    return ver.number, ver.path, folder
 
 
 # ---------------------------------------------------------------------------- the training launcher

@@ -116,12 +116,14 @@ def fix_largest_faces(char, images: list[np.ndarray], scores: list[float | None]
 
 def refine_step(char, tests: TestImages, *, scores: list[tuple[float | None, int]], threshold: float | None,
                 model_name: str, fix: Callable[[list[int], list[np.ndarray], list[float | None]], tuple],
-                dataset_dir: str, provenance: dict, note: str = "", extra: dict | None = None) -> tuple[str, dict]:
+                dataset_dir: str, datasets_root: str, provenance: dict, note: str = "",
+                extra: dict | None = None) -> tuple[str, dict]:
     """The refine step of the 2-step loop on scored test images. ``fix(indices, images, scores)``
     fixes the faces of the images below the threshold (see :func:`fix_largest_faces`). The images
     that reach the threshold go, captioned as the dataset's captions are, into ``refine/`` of a new
-    dataset version (the previous version as it is + ``refine/`` with its provenance), recorded in
-    the profile. Returns (folder, summary)."""
+    version of the character's dataset under ``datasets_root`` (the previous dataset's images carried
+    over + ``refine/``; the provenance in its manifest), recorded in the profile. Returns (folder,
+    summary)."""
     recs = [planlib.RefineImage(index=i, seed=i, layer=tests.layers[i], prompt=tests.prompts[i], faces=nf, before=sc)
             for i, (sc, nf) in enumerate(scores)]
     final = list(tests.images)
@@ -132,7 +134,7 @@ def refine_step(char, tests: TestImages, *, scores: list[tuple[float | None, int
             if rep is None:
                 recs[i].fix_note = "the face detector found no face to fix"
                 continue
-            recs[i].fix_score, recs[i].fix_note = rep.after, rep.line()
+            recs[i].fix_score, recs[i].fix_note = rep.after, rep.outcome()
             if rep.fixed:
                 final[i] = img
     planlib.select_refined(recs, threshold)
@@ -142,8 +144,8 @@ def refine_step(char, tests: TestImages, *, scores: list[tuple[float | None, int
                                            class_phrase=char.class_phrase, carry_trigger=carry, example=example)
     provenance = {**provenance, "captions": "trigger word, class phrase, framing (as the dataset's captions)" if carry
                   else "framing words (the training preset adds the trigger word and class phrase)"}
-    version, folder, sub = planlib.write_refined_version(os.path.join(char.folder, "datasets"), dataset_dir, recs,
-                                                         final, provenance=provenance)
+    version, folder, sub = planlib.write_refined_version(datasets_root, char.name, dataset_dir, recs, final,
+                                                         provenance=provenance)
     summary = planlib.refine_summary(recs, version=version, folder=folder, subfolder=sub, previous=dataset_dir,
                                      previous_images=len(planlib.select_subset(dataset_dir, ["*"])),
                                      threshold=threshold, model=model_name)

@@ -68,13 +68,17 @@ class FaceReport:
     after: float | None = None
 
     def line(self) -> str:
+        return f"image {self.image}: {self.outcome()}"
+
+    def outcome(self) -> str:
+        """What happened, without the image number: "similarity 0.912 before the fix, 0.951 after", ..."""
         if not self.guarded:
-            return f"image {self.image}: face #{self.face} " + ("fixed" if self.fixed else f"not fixed ({self.note})")
+            return f"face #{self.face} " + ("fixed" if self.fixed else f"not fixed ({self.note})")
         before = "-" if self.before is None else f"{self.before:.3f}"
         if self.note == EMPTY_MASK:
-            return f"image {self.image}: similarity {before}; not fixed ({self.note})"
+            return f"similarity {before}; not fixed ({self.note})"
         after = "face not found again" if self.after is None else f"{self.after:.3f}"
-        text = f"image {self.image}: similarity {before} before the fix, {after} after"
+        text = f"similarity {before} before the fix, {after} after"
         if not self.note:
             return text
         return text + (f" ({self.note})" if self.fixed else f": {self.note}")

@@ -230,7 +230,7 @@ def _mask_graph(folder, char_name=None, **kw):
          "l": _load_folder(folder),
          "m": {"class_type": "ContinuityFaceRegionMask",
                "inputs": {"face_model": ["fm", 0], "images": ["l", 0], "which": "character", "index": 0, **REGIONS,
-                          "grow": 0.0, "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 32,
+                          "grow": 0.0, "grow_unit": "px", "feather_px": 0.0, "fill_holes": True, "min_face": 32,
                           "if_no_face": "empty mask"}},
          "o": {"class_type": "PreviewImage", "inputs": {"images": ["m", 1]}}}
     if char_name:
@@ -282,7 +282,7 @@ def test_detected_faces_feed_the_choice(comfy, faces_dir):
     folder, seams = _write_composites(comfy.base, "charmask_stored_imgs", faces_dir, same, other)
     g = _mask_graph(folder, "charmask_stored")
     g["d"] = {"class_type": "ContinuityFaceDetect",
-              "inputs": {"face_model": ["fm", 0], "images": ["l", 0], "min_size": 32}}
+              "inputs": {"face_model": ["fm", 0], "images": ["l", 0], "min_face": 32}}
     g["m"]["inputs"]["faces"] = ["d", 0]
     res = comfy.run(g)
     _assert_on_character(res.value("m", 0).numpy(), seams)

@@ -123,7 +123,7 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
                   "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
                              "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 144,
                              "candidates": candidates, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
-                             "scheduler": "normal", "prompt": "studio light", "negative": "", "feathering": 8,
+                             "scheduler": "normal", "prompt": "studio light", "negative": "", "feather_px": 8,
                              "lora_strength": 0.8, "fix_faces": True, "fix_denoise": 0.5, "fix_size": 64,
                              "threshold": threshold}},
             "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 2]}},
@@ -153,11 +153,13 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     pngs = sorted(f for f in os.listdir(sub) if f.endswith(".png"))
     assert len(pngs) == 2
     assert open(os.path.join(sub, pngs[0].replace(".png", ".txt"))).read().strip() == growth.LAYER_PROMPT["closeup_portrait"]
-    prov = json.load(open(os.path.join(ds_path, "manifest.json")))["provenance"]   # signed with the version
+    prov = _provenance(ds_path)                                  # in the version's manifest (the one format)
+    assert prov["step"] == "growth" and prov["subfolder"] == "closeup_portrait"
     assert len(prov["candidates"]) == 4 and prov["prompt"].startswith("4da woman, close-up portrait")
     Image.fromarray((every[0][0].numpy() * 255).astype(np.uint8)).save(artifacts_dir / "character_growth_candidate.png")
 
-    # a threshold no one reaches: nothing kept, a new version all the same (with the provenance), v1 untouched
+    # a threshold no one reaches: nothing kept, a new version all the same (v1's images and the provenance),
+    # v1 untouched
     before = sorted(os.listdir(sub))
     res = comfy.run(graph(0.999, False, 1))
     report2 = json.loads(res.value("4", 3))
@@ -167,8 +169,16 @@ def test_grow_layer_end_to_end_with_tiny_models(comfy, faces_dir, artifacts_dir)
     # version 2 carries version 1's layer forward and adds the new (empty) one beside it
     v2 = res.value("4", 4)
     assert sorted(os.listdir(os.path.join(v2, "closeup_portrait"))) == before
-    prov2 = json.load(open(os.path.join(v2, "manifest.json")))["provenance"]
-    assert prov2["subfolder"] == "closeup_portrait_2" and len(prov2["candidates"]) == len(report2["candidates"])
+    prov2 = _provenance(v2)
+    assert prov2["subfolder"] == "closeup_portrait_2" and prov2["previous_version"].endswith("/v1")
+    assert not os.path.exists(os.path.join(v2, "closeup_portrait_2"))        # no image kept: no folder
+
+
+def _provenance(version_path):
+    """The provenance of a dataset version, read back through the store."""
+    from continuity.dataset import versions as vs
+    name_dir, v = os.path.split(version_path)
+    return vs.load_version(os.path.dirname(name_dir), os.path.basename(name_dir), int(v[1:])).provenance
 
 
 TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
@@ -211,7 +221,7 @@ def test_grow_layer_clip_i_style_with_a_tiny_clip_vision_model(comfy, faces_dir,
               "inputs": {"character": ["1", 0], "images": ["2", 0], "filenames": ["2", 2], "model": ["3", 0],
                          "clip": ["3", 1], "vae": ["3", 2], "from_layer": "closeup", "resolution": 144,
                          "candidates": 3, "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
-                         "scheduler": "normal", "prompt": "", "negative": "", "feathering": 8,
+                         "scheduler": "normal", "prompt": "", "negative": "", "feather_px": 8,
                          "lora_strength": 0.8, "fix_faces": False, "fix_denoise": 0.5, "fix_size": 64,
                          "threshold": -1.0, "clip_vision": ["6", 0]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 2]}},
@@ -246,7 +256,7 @@ def test_grow_layer_clip_i_style_with_a_tiny_clip_vision_model(comfy, faces_dir,
         assert c["kept"] == passes, c
         if c["face_found"] and not passes:
             assert c["reason"].startswith("CLIP-I style")
-    prov = json.load(open(os.path.join(report["dataset_path"], "manifest.json")))["provenance"]
+    prov = _provenance(report["dataset_path"])
     assert prov["style"]["metric"] == "clip_i" and all("clip_style" in c for c in prov["candidates"])
     # the threshold input wins over the references' own; put it between the candidates' scores (random
     # weights put every image's embedding close together): some kept, some not, on CLIP-I alone (their

@@ -7,7 +7,6 @@ from PIL import Image
 
 from continuity import character as charlib
 from continuity.character import plan as planlib
-from continuity.dataset import versions as vs
 from continuity.errors import ContinuityError
 
 
@@ -213,7 +212,8 @@ def _tree(folder):
 
 def test_write_refined_version_with_real_faces(tmp_path, faces_dir):
     """Real photos scored with dlib: the same person passes, someone else and a faceless image do not;
-    the new version holds the previous one as it was plus refine/ with the kept image."""
+    the new version (the one dataset-version format) holds the previous images as they were plus
+    refine/ with the kept image, and its manifest the provenance of every test image."""
 
     from continuity.faces import embedders
     from continuity.scoring import score_set
@@ -246,28 +246,31 @@ def test_write_refined_version_with_real_faces(tmp_path, faces_dir):
     for im in ims:
         im.caption = planlib.refine_caption(growth.LAYER_PROMPT[im.layer], trigger="k4y", class_phrase="man",
                                             carry_trigger=True, example=example)
-    datasets = str(tmp_path / "chars" / "kay" / "datasets")
-    version, folder, sub = planlib.write_refined_version(datasets, str(prev), ims, cands,
+    from continuity.dataset import versions as vs
+    root = str(tmp_path / "datasets")
+    version, folder, sub = planlib.write_refined_version(root, "kay", str(prev), ims, cands,
                                                          provenance={"lora": "s1.safetensors"})
-    assert (version, sub) == (2, "refine") and folder == os.path.join(datasets, "v2")
-    assert _tree(str(prev)) == before                           # the previous version is untouched
+    assert (version, sub) == (1, "refine") and folder == os.path.realpath(os.path.join(root, "kay", "v1"))
+    assert _tree(str(prev)) == before                           # the previous dataset is untouched
     new = _tree(folder)
-    for rel, (_, data) in before.items():
-        assert new[rel][1] == data
+    for rel, (_, data) in before.items():                       # carried over: the images as they were
+        assert new[rel][1] == data if rel.endswith(".png") else new[rel][1].decode().strip() == data.decode().strip()
     assert sorted(new) == sorted([*before, "refine/closeup_0000.png", "refine/closeup_0000.txt", "manifest.json"])
     assert new["refine/closeup_0000.txt"][1].decode().strip() == "photo of k4y man, close-up of the face"
     kept_img = np.asarray(Image.open(os.path.join(folder, "refine", "closeup_0000.png")), np.float32) / 255
     assert np.abs(kept_img - cands[0]).max() <= 1 / 255 + 1e-6
-    prov = vs.load_version(os.path.dirname(datasets), "datasets", version).provenance   # in the signed manifest
-    assert prov["lora"] == "s1.safetensors" and prov["previous_version"] == str(prev) and prov["step"] == "refine"
+    ver = vs.load_version(root, "kay", 1)                        # the one format: read back through the store
+    prov = ver.provenance
+    assert prov["lora"] == "s1.safetensors" and prov["previous_version"] == "v1" and prov["step"] == "refine"
     assert [p["kept"] for p in prov["images"]] == [True, False, False]
     assert prov["images"][0]["file"] == "refine/closeup_0000.png" and prov["images"][1]["file"] == ""
     assert "fix scored" in prov["images"][1]["reason"] and prov["images"][2]["reason"] == "no face found"
-    # refining the refined version again: a third version with refine_2 beside refine; v1 and v2 untouched
-    v3, folder3, sub3 = planlib.write_refined_version(datasets, folder, ims, cands, provenance={})
-    assert (v3, sub3) == (3, "refine_2")
-    assert os.path.isfile(os.path.join(folder3, "refine", "closeup_0000.png"))
-    assert os.path.isfile(os.path.join(folder3, "refine_2", "closeup_0000.png"))
+    assert len(vs.read_items(ver)) == len([r for r in before if r.endswith(".png")]) + 1
+    # refining the refined version again: its next version with refine_2 beside refine; the first untouched
+    v2, folder2, sub2 = planlib.write_refined_version(root, "kay", folder, ims, cands, provenance={})
+    assert (v2, sub2) == (2, "refine_2") and vs.load_version(root, "kay", 2).manifest["parent"] == "v1"
+    assert os.path.isfile(os.path.join(folder2, "refine", "closeup_0000.png"))
+    assert os.path.isfile(os.path.join(folder2, "refine_2", "closeup_0000.png"))
     assert _tree(folder) == new and _tree(str(prev)) == before
 
 

@@ -140,6 +140,13 @@ def test_plan_node_bad_inputs(comfy, fake_sd):
     assert fake_sd[0].invocations(fake_sd[1]) == []
 
 
+def _provenance(version_path):
+    """The provenance of a dataset version, read back through the store."""
+    from continuity.dataset import versions as vs
+    name_dir, v = os.path.split(version_path)
+    return vs.load_version(os.path.dirname(name_dir), os.path.basename(name_dir), int(v[1:])).provenance
+
+
 def _files(folder):
     out = {}
     for root, _, files in os.walk(folder):
@@ -165,7 +172,6 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     the centre of every image as the face and a 4x4-pixel vector as its identity: real, deterministic
     cosine scores. Run 1 sets a threshold no image reaches (every face is fixed, nothing is kept); run 2
     puts the threshold between run 1's final scores, so some images are kept and others not."""
-    import json
 
     from continuity import character as charlib
     from continuity.character import growth
@@ -195,21 +201,21 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     assert ver["step"] == "refine" and ver["stage"] == "second" and ver["previous"] == os.path.realpath(ds_dir)
     assert s2["dataset"] == ver["path"] and s2["dataset_version"] == ver["version"] and s1["dataset"] == os.path.realpath(ds_dir)
     v = ver["path"]
-    # the one dataset root: output/continuity/datasets/<character>/vN, provenance in the signed manifest
-    assert os.path.dirname(v) == os.path.realpath(comfy.base / "output" / "continuity" / "datasets" / char.name)
-    prov = json.load(open(os.path.join(v, "manifest.json")))["provenance"]
+    # the one dataset-version format and output root: output/continuity/datasets/<character>/vN
+    assert os.path.dirname(v) == os.path.realpath(comfy.base / "output" / "continuity" / "datasets" / "rena")
+    prov = _provenance(v)
     imgs = prov["images"]
-    assert len(imgs) == n and prov["threshold"] == 1.0 and prov["previous_version"] == os.path.realpath(ds_dir)
+    assert len(imgs) == n and prov["threshold"] == 1.0 and prov["previous_version"] == os.path.basename(ds_dir)
     assert all(i["faces"] == 1 and i["before"] is not None and i["fix_score"] is not None for i in imgs)  # all fixed
     assert not any(i["kept"] for i in imgs)
-    assert all(i["fixed"] == (i["fix_score"] is not None and i["fix_score"] > i["before"]) for i in imgs)
+    assert all(i["fixed"] == (i["fix_score"] is not None and i["fix_score"] >= i["before"]) for i in imgs)
     assert [i["layer"] for i in imgs] == [growth.LAYERS[k % 5] for k in range(n)]
     assert s2["images"] == 3 and s2["refine"]["kept"] == 0 and s2["refine"]["generated"] == n
     # the old images, untouched, in both the old folder and the new version
     assert _files(ds_dir) == before
     new_files = _files(v)
-    for rel, (_, _, data) in before.items():
-        assert new_files[rel][2] == data
+    for rel, (_, _, data) in before.items():       # images as they were; captions with the same words
+        assert new_files[rel][2] == data if rel.endswith(".png") else new_files[rel][2].strip() == data.strip()
     assert sorted(new_files) == sorted([*before, "manifest.json"])
     # the report: the refine step, and the consistency before (stage 1's LoRA) and after (stage 2's)
     assert "2/2 stages done" in report and f"refine: {n} test images with stage 1's LoRA" in report
@@ -227,15 +233,15 @@ def test_two_step_plan_node_refines_into_a_new_dataset_version(comfy, fake_sd, f
     char2, report2 = res.value("2", 0), res.value("2", 2)
     ver2 = char2.latest_dataset()
     assert ver2["version"] == ver["version"] + 1 and ver2["previous"] == os.path.realpath(ds_dir)
-    prov2 = json.load(open(os.path.join(ver2["path"], "manifest.json")))["provenance"]
+    prov2 = _provenance(ver2["path"])
     imgs2 = prov2["images"]
     expected = [(i["fixed"] and i["fix_score"] or i["before"]) >= thr for i in imgs]
     assert [i["kept"] for i in imgs2] == expected and 0 < sum(expected) < n
     for a, b in zip(imgs, imgs2):
         assert b["before"] == pytest.approx(a["before"], abs=1e-5)
-        # only the images below the threshold get the fix; a fix is kept only if it raised the score
+        # only the images below the threshold get the fix; a fix is kept only if the score did not drop
         assert bool(b["fix_note"]) == (b["before"] < thr)
-        assert b["fixed"] == (b["fix_score"] is not None and b["fix_score"] > b["before"])
+        assert b["fixed"] == (b["fix_score"] is not None and b["fix_score"] >= b["before"])
         if b["kept"]:
             assert b["score"] >= thr and ("fixed:" in b["reason"]) == b["fixed"]
             png = os.path.join(ver2["path"], b["file"])

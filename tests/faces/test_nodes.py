@@ -28,7 +28,7 @@ def inputs(comfy, faces_dir):
 
 def mask_node(images, **kw):
     inputs = {"face_model": ["fm", 0], "images": images, "which": "largest", "index": 0, **REGIONS,
-              "grow": 0.0, "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 32,
+              "grow": 0.0, "grow_unit": "px", "feather_px": 0.0, "fill_holes": True, "min_face": 32,
               "if_no_face": "empty mask"}
     inputs.update(kw)
     return {"class_type": "ContinuityFaceRegionMask", "inputs": inputs}
@@ -66,7 +66,7 @@ def test_mask_batch_keeps_order(comfy, inputs):
 def test_detect_then_mask_reuses_faces(comfy, inputs):
     g = graph("couple.jpg", which="all")
     g["d"] = {"class_type": "ContinuityFaceDetect",
-              "inputs": {"face_model": ["fm", 0], "images": ["l0", 0], "min_size": 32}}
+              "inputs": {"face_model": ["fm", 0], "images": ["l0", 0], "min_face": 32}}
     g["m"]["inputs"]["faces"] = ["d", 0]
     g["o2"] = {"class_type": "PreviewImage", "inputs": {"images": ["d", 1]}}
     res = comfy.run(g)
@@ -138,7 +138,7 @@ def test_pro_backends_in_a_graph(comfy, inputs, monkeypatch):
                 "inputs": {"backend": "insightface", "parser": "auto", "embedder": "auto", "device": "cpu"}},
          "l": {"class_type": "LoadImage", "inputs": {"image": "img25.jpg"}},
          "d": {"class_type": "ContinuityFaceDetect", "inputs": {"face_model": ["fm", 0], "images": ["l", 0],
-                                                                 "min_size": 0}},
+                                                                 "min_face": 0}},
          "o": {"class_type": "PreviewImage", "inputs": {"images": ["d", 1]}}}
     res = comfy.run(d)
     assert res.value("d", 2) > 0 and all(f.backend == "insightface" for f in res.value("d", 0).faces[0])

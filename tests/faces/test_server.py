@@ -18,7 +18,7 @@ REGIONS = dict(skin=True, brows=True, eyes=True, nose=True, mouth=True, ears=Tru
 
 def _graph(image, **kw):
     mask_inputs = {"face_model": ["fm", 0], "images": ["l", 0], "which": "largest", "index": 0, **REGIONS,
-                   "grow": 4.0, "grow_unit": "px", "feather": 2.0, "fill_holes": True, "min_size": 32,
+                   "grow": 4.0, "grow_unit": "px", "feather_px": 2.0, "fill_holes": True, "min_face": 32,
                    "if_no_face": "empty mask"}
     mask_inputs.update(kw)
     return {

@@ -257,7 +257,7 @@ def test_face_fix_equals_the_chain_of_nodes_with_the_same_settings(comfy, faces_
                for r in ("skin", "brows", "eyes", "nose", "mouth", "ears", "hair", "beard", "neck", "glasses", "hat")}
     g["rm"] = {"class_type": "ContinuityFaceRegionMask",
                "inputs": {"face_model": ["f", 0], "images": ["i", 0], "which": "largest", "index": 0, **regions,
-                          "grow": 5.0, "grow_unit": "percent", "feather": 0.0, "fill_holes": True, "min_size": 16,
+                          "grow": 5.0, "grow_unit": "percent", "feather_px": 0.0, "fill_holes": True, "min_face": 16,
                           "if_no_face": "empty mask"}}
     g["c"] = {"class_type": "ContinuityCropForInpaint",
               "inputs": {"image": ["i", 0], "mask": ["rm", 0], "context": 1.5, "min_size": 32, "target_size": 64,

@@ -59,6 +59,8 @@ def test_the_same_number_in_every_node(comfy, faces_dir):
                          "sampler_name": "euler", "scheduler": "normal", "denoise_1": 0.5, "denoise_2": 0.0,
                          "feather": 4.5, "colour_match": False, "character": ["c", 0], "lora_strength": 0.0}},
         "o": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}},
+        "s1": {"class_type": "PreviewAny", "inputs": {"source": ["fs", 1]}},
+        "s2": {"class_type": "PreviewAny", "inputs": {"source": ["a", 1]}},
     }
     res = comfy.run(g)
     similarity = res.value("fs", 0).models["dlib"].mean[0]

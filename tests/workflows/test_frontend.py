@@ -171,7 +171,7 @@ def test_mask_overlay_and_report_on_the_mask_node(ui, faces_dir):
                  "inputs": {"face_model": ["2", 0], "images": ["1", 0], "which": "all", "index": 0, "skin": True,
                             "brows": True, "eyes": True, "nose": True, "mouth": True, "ears": True, "hair": True,
                             "beard": True, "neck": False, "glasses": False, "hat": False, "grow": 0.0,
-                            "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 32,
+                            "grow_unit": "px", "feather_px": 0.0, "fill_holes": True, "min_face": 32,
                             "if_no_face": "empty mask"}},
            "4": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}},
            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
