@@ -160,7 +160,8 @@ class GrowCharacterLayer(io.ComfyNode):
                             indent=1, default=str)
         kept = [_common.np_to_image(o) for c, o in zip(cands, outs) if c.kept]
         every = [_common.np_to_image(o) for o in outs]
-        text = f"{run.layer}: kept {result.kept} of {len(cands)} -> {result.folder}"
+        text = (f"{run.layer}: kept {result.kept} of {len(cands)} -> {result.folder}" if result.version else
+                f"{run.layer}: kept 0 of {len(cands)}; no dataset version written (see the report)")
         if style_info["filtered"]:
             text += f" (style filter: {style_info['metric']})"
         return io.NodeOutput(new, kept, every, report, result.folder, ui={"text": [text]})
@@ -285,6 +286,8 @@ class _Growth:
                               "kept_if": "the face's identity does not drop"}}
         result = growth.write_layer(_common.datasets_root(), char.name, self.layer, cands, outs, previous=prev_dir,
                                     caption=growth.LAYER_PROMPT[self.layer], provenance=provenance)
+        if not result.version:      # nothing kept, no previous version: nothing written, nothing recorded
+            return char, result
         new = charlib.record_dataset(os.path.dirname(char.folder), char.name, version=result.version,
                                      path=result.folder, note=f"layer {self.layer}: {result.kept}/{len(cands)} kept",
                                      extra={"layer": self.layer, "kept": result.kept, "candidates": len(cands),

@@ -306,7 +306,8 @@ def write_layer(root: str, name: str, layer: str, cands: list[Candidate], images
     """The next version of dataset ``name`` under ``root`` (the one dataset-version writer,
     ``continuity.dataset.versions.save_version``): the previous version's images carried over, plus
     ``<layer>/`` with the kept candidates (PNG + caption); the manifest's provenance lists every
-    candidate (kept or not) with its scores. An existing version is never changed."""
+    candidate (kept or not) with its scores. An existing version is never changed. With nothing
+    kept and no previous version there is nothing to write: the result has version 0 and no folder."""
     from ..dataset import versions as vs
     kept = [(c, img) for c, img in zip(cands, images) if c.kept]
     carried, parent, label = carry_over(root, previous)
@@ -315,9 +316,8 @@ def write_layer(root: str, name: str, layer: str, cands: list[Candidate], images
                    source=c.source, scores={k: float(v) for k, v in (("identity", c.identity), ("style", c.style),
                                                               ("clip_style", c.clip_style)) if v is not None})
            for c, img in kept]
-    if not carried and not new:
-        raise ContinuityError("no candidate passed the filter and there is no previous version: nothing to save "
-                              "(see the report for why; lower the thresholds or grow more candidates)", input="images")
+    if not carried and not new:     # nothing kept and nothing before it: no version to write (the report says why)
+        return LayerResult(0, "", folder, 0, cands)
     for (c, _), it in zip(kept, new):            # a fresh sub-folder: the names are as given
         c.file = f"{folder}/{it.filename}"
     prov = {**provenance, "step": "growth", "layer": layer, "subfolder": folder, "previous_version": label or None,

@@ -101,6 +101,8 @@ def fix_largest_faces(char, images: list[np.ndarray], scores: list[float | None]
     before: dict[int, dict] = {}
 
     def choose(rgb, faces, i):
+        if not faces:
+            return []
         face = max(faces, key=lambda f: f.area)
         before[i] = {id(face): scores[i]}
         return [face]

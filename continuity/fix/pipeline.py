@@ -203,7 +203,7 @@ def fix_faces(images: list[np.ndarray], *, detect: Callable[[np.ndarray, int], l
         img = np.asarray(image, np.float32)
         rgb = as_uint8_rgb(img)
         faces = list(detect(rgb, i))
-        chosen = list(choose(rgb, faces, i)) if faces else []
+        chosen = list(choose(rgb, faces, i))            # also with no face: the chooser may report it
         fixed, mask, reports, n = fix_image(img, faces, chosen, parser=parser, inpaint=inpaint, settings=settings,
                                             image_index=i, k0=k, guard=guard,
                                             before=before(i) if before is not None else None)
