@@ -10,8 +10,6 @@ into a new dataset version.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -259,48 +257,6 @@ class LayerResult:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def jsonable(obj):
-    """``obj`` as plain JSON values (tuples as lists, numpy numbers as numbers) for a manifest."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-    return json.loads(json.dumps(obj, default=default))
-
-
-def carry_over(root: str, previous: str | None, *, input: str = "character") -> tuple[list, int | None, str]:
-    """The images of the ``previous`` dataset folder as items of a new version (nothing is changed
-    there): a version written by the pack (under ``root``) is carried over hash-checked, record by
-    record; any other folder (already confined by the caller) image by image with its caption.
-    Returns (items, the previous version's number when it is a version of the same dataset, a label)."""
-    from ..dataset import versions as vs
-    from . import plan as planlib
-    if not previous:
-        return [], None, ""
-    real, base = os.path.realpath(previous), os.path.realpath(root)
-    parent_dir, vname = os.path.split(real)
-    if os.path.dirname(parent_dir) == base and vname[:1] == "v" and vname[1:].isdigit():
-        ver = vs.load_version(root, os.path.basename(parent_dir), int(vname[1:]), input=input)
-        return [vs.carried_over(ver, rec, input=input) for rec in ver.items], ver.number, f"{ver.name}/v{ver.number}"
-    if not os.path.isdir(real):
-        raise ContinuityError(f"the previous dataset version {os.path.basename(previous)} is missing", input=input)
-    items = [vs.Item(filename=os.path.basename(it.rel), folder=os.path.dirname(it.rel), src_path=it.path,
-                     caption=it.caption, source=it.rel) for it in planlib.select_subset(real, ["*"])]
-    return items, None, os.path.basename(real)
-
-
-def free_folder(layer: str, items: list) -> str:
-    """``layer``, or ``layer_2``, ... when the carried-over images have that sub-folder already."""
-    taken = {(getattr(it, "keep_file", "") or "").split("/")[0] for it in items} | {getattr(it, "folder", "")
-                                                                                   for it in items}
-    folder, n = layer, 2
-    while folder in taken:
-        folder, n = f"{layer}_{n}", n + 1
-    return folder
-
-
 def write_layer(root: str, name: str, layer: str, cands: list[Candidate], images: list[np.ndarray], *,
                 previous: str | None, caption: str, provenance: dict) -> LayerResult:
     """The next version of dataset ``name`` under ``root`` (the one dataset-version writer,
@@ -309,6 +265,7 @@ def write_layer(root: str, name: str, layer: str, cands: list[Candidate], images
     candidate (kept or not) with its scores. An existing version is never changed. With nothing
     kept and no previous version there is nothing to write: the result has version 0 and no folder."""
     from ..dataset import versions as vs
+    from .datasets import carry_over, free_folder, jsonable
     kept = [(c, img) for c, img in zip(cands, images) if c.kept]
     carried, parent, label = carry_over(root, previous)
     folder = free_folder(layer, carried)

@@ -437,7 +437,7 @@ def write_refined_version(root: str, name: str, previous: str, images: list[Refi
     images and their ``caption``; the manifest's provenance lists every test image, kept or not,
     with its scores. Returns (version, folder, sub-folder name)."""
     from ..dataset import versions as vs
-    from .growth import carry_over, free_folder, jsonable
+    from .datasets import carry_over, free_folder, jsonable
     if len(pixels) != len(images):
         raise ContinuityError(f"{len(pixels)} images for {len(images)} records", input="images")
     carried, parent, label = carry_over(root, previous)
