@@ -181,7 +181,7 @@ def test_face_region_mask_with_a_cast(comfy, shot_folder):
                "beard": False, "neck": False, "glasses": False, "hat": False}
     g["mk"] = {"class_type": "ContinuityFaceRegionMask",
                "inputs": {"face_model": ["fm", 0], "images": ["fr", 0], "which": "cast", "index": 0, **regions,
-                          "grow": 0.0, "grow_unit": "px", "feather": 0.0, "fill_holes": True, "min_size": 16,
+                          "grow": 0.0, "grow_unit": "px", "feather_px": 0.0, "fill_holes": True, "min_face": 16,
                           "if_no_face": "empty mask", "cast": ["cast", 0]}}
     g["o"] = {"class_type": "PreviewImage", "inputs": {"images": ["mk", 1]}}
     res = comfy.run(g)
