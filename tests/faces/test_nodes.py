@@ -118,7 +118,7 @@ def test_pro_backends_in_a_graph(comfy, inputs, monkeypatch):
     """Random-weight BiSeNet and SCRFD graph in the ComfyUI model folders, through the nodes."""
     import os
     import torch
-    from test_faces_pro import scrfd_graph
+    from pro_models import scrfd_graph
     from continuity.faces import facexlib_backend as fx
     monkeypatch.setenv("CONTINUITY_OFFLINE", "1")
     models = comfy.base / "models"
