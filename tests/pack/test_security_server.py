@@ -559,3 +559,37 @@ def test_report_csv_cells_from_users_are_text_not_formulas(server, sentinels):
     for c in cells:
         numeric = c.lstrip("-").replace(".", "", 1).isdigit()
         assert numeric or not c.startswith(("=", "+", "-", "@")), f"a CSV cell a spreadsheet would run: {c!r}"
+
+
+def test_two_servers_on_one_base_each_get_their_own_version(server, sentinels, tmp_path):
+    """Two ComfyUI servers sharing one base folder save the same dataset name at once: every save gets its
+    own complete version, none is half-written or overwritten."""
+    import harness
+
+    from continuity.dataset import versions as vs
+    for i in range(2):
+        upload(server, f"s{i}.png", png(20 + i), type_="input", subfolder="two_servers")
+    second = harness.LiveServer(server.base, tmp_path / "second-server.log").start()
+    try:
+        ids = []
+        for k in range(3):
+            for n, srv in enumerate((server, second)):
+                status, body = srv.post_prompt({
+                    "1": {"class_type": "ContinuityLoadImageFolder",
+                          "inputs": {"folder": "two_servers", "mode": "list", "recursive": False, "start": 0,
+                                     "limit": 0, "caption_extension": ".txt"}},
+                    "2": {"class_type": "ContinuitySaveDatasetVersion",
+                          "inputs": {"images": ["1", 0], "name": "shared", "note": f"server {n} save {k}",
+                                     "filenames": ["1", 2]}}})
+                assert status == 200, body
+                ids.append((srv, body["prompt_id"]))
+        for srv, pid in ids:
+            assert srv.wait_history(pid, 180)["status"]["status_str"] == "success"
+    finally:
+        second.stop()
+    root = str(server.base / "output" / "continuity" / "datasets")
+    assert vs.versions_of(root, "shared") == list(range(1, 7))
+    notes = sorted(vs.load_version(root, "shared", v).manifest["note"] for v in range(1, 7))
+    assert notes == sorted(f"server {n} save {k}" for n in range(2) for k in range(3))
+    assert all(len(vs.read_items(vs.load_version(root, "shared", v))) == 2 for v in range(1, 7))
+    still_serves(server)
