@@ -34,7 +34,7 @@ from PIL import Image
 from .. import store
 from ..arrays import as_uint8_mask, as_uint8_rgb
 from ..errors import ContinuityError
-from ..imageio import image_size, load_image
+from ..imageio import MAX_TOTAL_PIXELS, image_size, load_image
 from ..paths import safe_name
 
 MANIFEST = "manifest.json"
@@ -357,8 +357,18 @@ def from_value(root: str, value: Any, *, input: str = "dataset") -> Version:
     return load_version(root, value["name"], value["version"], input=input)
 
 
-def read_items(ver: Version, *, input: str | None = "version", max_side: int | None = None) -> list[LoadedItem]:
-    """Every image of a version with its mask and caption: the one reader of version files."""
+def read_items(ver: Version, *, input: str | None = "version", max_side: int | None = None,
+               max_total_pixels: int = MAX_TOTAL_PIXELS) -> list[LoadedItem]:
+    """Every image of a version with its mask and caption: the one reader of version files.
+
+    The version's size in pixels (from its signed manifest) is checked before anything is decoded, with
+    the bound Load Image Folder has: merges add images run by run, so a version can grow past what one
+    process holds decoded (float32 RGB + mask: 16 bytes a pixel)."""
+    total = sum(int(rec["width"]) * int(rec["height"]) for rec in ver.items)
+    if total > max_total_pixels:
+        raise ContinuityError(f"{ver.name}/v{ver.number} has {len(ver.items)} images of {total} pixels in all; at "
+                              f"most {max_total_pixels} are loaded at once (make a smaller version, e.g. from a "
+                              "Load Image Folder page)", input=input)
     out = []
     for rec in ver.items:
         rgb, _ = load_image(ver.image_path(rec, input=input), max_side=max_side, input=input)

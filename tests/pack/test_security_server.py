@@ -593,3 +593,13 @@ def test_two_servers_on_one_base_each_get_their_own_version(server, sentinels, t
     assert notes == sorted(f"server {n} save {k}" for n in range(2) for k in range(3))
     assert all(len(vs.read_items(vs.load_version(root, "shared", v))) == 2 for v in range(1, 7))
     still_serves(server)
+
+
+def test_json_text_nested_past_the_recursion_limit_is_refused_naming_the_input(server, sentinels):
+    deep = "[" * 100_000 + "]" * 100_000
+    plan = {"1": {"class_type": "ContinuityLoadCharacter", "inputs": {"name": "nobody_here", "revision": 0}},
+            "2": {"class_type": "ContinuityCharacterTrainingPlan",
+                  "inputs": {"character": ["1", 0], "plan": "custom", "custom_plan": deep,
+                             "training_preset": "sdxl_realistic", "checkpoint": "x.safetensors", "overrides": ""}}}
+    refused(server, plan, "Character Training Plan", "custom_plan")
+    still_serves(server)

@@ -101,6 +101,19 @@ def test_version_folder_that_is_a_link_is_not_a_version(dataset, tmp_path):
     assert vs.versions_of(str(root), "hero") == [1]
 
 
+def test_a_version_is_size_checked_from_its_manifest_before_decoding(dataset, monkeypatch):
+    # merges add images run by run: loading a version grown past one load's bound is refused from the
+    # signed sizes, before any image is decoded (the live-server twin would need GBs of images)
+    root, ver, _ = dataset
+    loaded = vs.load_version(str(root), "hero", 1)
+    pixels = sum(r["width"] * r["height"] for r in loaded.items)
+    assert len(vs.read_items(loaded, max_total_pixels=pixels)) == 2
+    monkeypatch.setattr(vs, "load_image", lambda *a, **k: pytest.fail("decoded before the size check"))
+    with pytest.raises(ContinuityError, match="loaded at once") as err:
+        vs.read_items(loaded, max_total_pixels=pixels - 1)
+    assert err.value.input == "version"
+
+
 def test_merge_copies_only_confined_checked_files(dataset):
     root, _ver, _ = dataset
     base = vs.load_version(str(root), "hero", 1)
