@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 from contextlib import contextmanager
 
@@ -183,6 +184,9 @@ def check_numbers(cls, values: dict) -> None:
             continue
         lo, hi = getattr(inp, "min", None), getattr(inp, "max", None)
         for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                # JSON's NaN passes ComfyUI's min/max checks (every comparison with NaN is false)
+                raise ContinuityError(f"{v} is not a number", input=name)
             if lo is not None and v < lo:
                 raise ContinuityError(f"{v} is smaller than the minimum {lo}", input=name)
             if hi is not None and v > hi:
@@ -204,6 +208,8 @@ def declared_problem(cls, name: str, value) -> str | None:
             return f"{store.shown(v)} is not one of the choices"
         lo, hi = getattr(inp, "min", None), getattr(inp, "max", None)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float) and not math.isfinite(v):
+                return f"{v} is not a number"
             if lo is not None and v < lo:
                 return f"{v} is smaller than the minimum {lo}"
             if hi is not None and v > hi:

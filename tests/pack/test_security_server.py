@@ -603,3 +603,17 @@ def test_json_text_nested_past_the_recursion_limit_is_refused_naming_the_input(s
                              "training_preset": "sdxl_realistic", "checkpoint": "x.safetensors", "overrides": ""}}}
     refused(server, plan, "Character Training Plan", "custom_plan")
     still_serves(server)
+
+
+def test_nan_numbers_are_refused_naming_the_input(server, sentinels):
+    # JSON's NaN (Python's json reads it) passes ComfyUI's min/max checks: every comparison with NaN is false,
+    # so a NaN factor ran as if it were in range
+    sq = {"1": _empty(8, 8, 1), "2": {"class_type": "ContinuitySquareAndResize",
+                                      "inputs": {"images": ["1", 0], "size": 64, "mode": "pad",
+                                                 "max_upscale": float("nan"), "use_person_mask": False}},
+          "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}}
+    refused(server, sq, "Square and Resize", "max_upscale")
+    sq["4"] = {"class_type": "PrimitiveFloat", "inputs": {"value": float("nan")}}
+    sq["2"]["inputs"]["max_upscale"] = ["4", 0]
+    refused(server, sq, "Square and Resize", "max_upscale")
+    still_serves(server)
