@@ -7,6 +7,7 @@ input, output or models folders, as the caller decides.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 
 from .errors import PathError
@@ -62,6 +63,16 @@ def safe_name(name: str, *, input: str = "name", max_len: int = 100) -> str:
     if problem:
         raise PathError(problem, input=input)
     name = name.strip()
+    # one name, one look: invisible and direction-changing characters (zero-width spaces and joiners, the
+    # right-to-left override that shows 'evil<U+202E>gnp.txt' as 'eviltxt.png') and a second Unicode spelling
+    # of the same letters (e + combining accent beside the precomposed letter) would give names that
+    # collide on screen but not on disk: a user picks the attacker's profile or dataset for their own
+    for ch in name:
+        if unicodedata.category(ch) in ("Cf", "Co", "Cn", "Zl", "Zp"):
+            raise PathError(f"{shown(name)} holds an invisible or unassigned character (U+{ord(ch):04X}); "
+                            "use letters, digits, '-', '_' and '.'", input=input)
+    if unicodedata.normalize("NFC", name) != name:
+        raise PathError(f"{shown(name)} is not in Unicode's composed form (NFC); retype it", input=input)
     bad = set('/\\:*?"<>|\x00')
     if any(c in bad for c in name) or name in (".", "..") or name.startswith("."):
         raise PathError(f"{shown(name)} is not a valid name: use letters, digits, '-', '_' and '.'", input=input)

@@ -617,3 +617,16 @@ def test_nan_numbers_are_refused_naming_the_input(server, sentinels):
     sq["2"]["inputs"]["max_upscale"] = ["4", 0]
     refused(server, sq, "Square and Resize", "max_upscale")
     still_serves(server)
+
+
+def test_names_that_look_alike_are_refused(server, sentinels):
+    # a profile or dataset name with an invisible character, a right-to-left override or a second Unicode
+    # spelling of the same letters shows like another name but is another folder: refused, naming the input
+    for name in ("hero\u200b", "hero\u202egnp.txt", "he\u0301ro", "hero\ufeff", "hero\ue000"):
+        g = {"1": _empty(8, 8, 1), "2": {"class_type": "ContinuitySaveDatasetVersion",
+                                         "inputs": {"images": ["1", 0], "name": name, "note": ""}}}
+        refused(server, g, "Save Dataset Version", "name")
+        refused(server, {"1": {"class_type": "ContinuityLoadCast", "inputs": {"names": f"ana, {name}"}},
+                         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}, "Load Cast", "names")
+    assert not list((server.base / "output" / "continuity" / "datasets").glob("h*"))
+    still_serves(server)
