@@ -18,6 +18,8 @@ from ..continuity.fix import FixSettings, IdentityGuard, fix_faces, geometry
 from . import _common, _glue
 from ._identity import CHARACTER_CHOICE, WHICH_TIP, CharacterChooser, character_input
 from ._types import CATEGORY, FaceModel, Stitch
+from ._types import Cast as CastType
+from .cast import CAST_CHOICE, face_fix_with_cast
 
 AREA = f"{CATEGORY}/face fix"
 
@@ -237,11 +239,14 @@ class FaceFix(io.ComfyNode):
                                               "character: its trigger word and class phrase first)."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning."),
                 io.Vae.Input("vae", tooltip="The VAE that encodes the crop and decodes the result."),
-                io.Combo.Input("which", options=["all", "largest", "most_confident", "index", CHARACTER_CHOICE],
+                io.Combo.Input("which", options=["all", "largest", "most_confident", "index", CHARACTER_CHOICE,
+                                                 CAST_CHOICE],
                                default="largest",
                                tooltip="Which faces of each image: all of them, the largest, the most confident, "
                                        "the one at 'index' (0 = largest), or " + WHICH_TIP + " Images without it "
-                                       "pass through unchanged."),
+                                       "pass through unchanged. cast: every face given to a member of the "
+                                       "connected cast (by identity), each fixed with its member's LoRA and "
+                                       "prompt; faces of nobody in the cast are left alone."),
                 io.Int.Input("index", default=0, min=0, max=999, tooltip="Face index when 'which' is index."),
                 io.String.Input("regions", default="face, ears, hair, beard",
                                 tooltip="Regions to repaint, comma-separated: face (= skin, brows, eyes, nose, mouth), "
@@ -268,6 +273,8 @@ class FaceFix(io.ComfyNode):
                                 tooltip="Positive prompt text, encoded with clip. With a character, its trigger word "
                                         "and class phrase are put first unless the text already contains the "
                                         "trigger word."),
+                CastType.Input("cast", optional=True,
+                               tooltip="A cast (Make Cast / Load Cast), used when which is 'cast'."),
                 io.Boolean.Input("keep_only_if_better", default=True, optional=True,
                                  tooltip="With which = character: the fixed face is scored against the character "
                                          "again, and where the fix lowered its similarity (or lost the face) the "
@@ -305,9 +312,18 @@ class FaceFix(io.ComfyNode):
     def execute(cls, face_model, image, model, negative, vae, which, index, regions, grow, min_face,
                 context, min_size, target_size, padding, seed, steps, cfg, sampler_name, scheduler, denoise_1,
                 denoise_2, feather, colour_match, positive=None, model_2=None, character=None, lora_strength=0.8,
-                clip=None, prompt="", keep_only_if_better=True) -> io.NodeOutput:
+                clip=None, prompt="", keep_only_if_better=True, cast=None) -> io.NodeOutput:
         if not hasattr(face_model, "detect") or not hasattr(face_model, "parser"):
             raise ContinuityError("expects a face model from Load Face Model (Continuity)", input="face_model")
+        if which == CAST_CHOICE:
+            return _cast_fix(face_model, image, cast, model=model, model_2=model_2, positive=positive,
+                             negative=negative, vae=vae, clip=clip, prompt=prompt or "", lora_strength=lora_strength,
+                             settings=FixSettings(regions=regions, grow=grow, context=context, crop_min_size=min_size,
+                                                  target_size=target_size, padding=padding, feather=feather,
+                                                  colour_match=colour_match),
+                             min_face=min_face, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                             scheduler=scheduler, denoise_1=denoise_1, denoise_2=denoise_2,
+                             keep_only_if_better=keep_only_if_better)
         chooser = CharacterChooser(face_model, character, which)
         lines: list[str] = []
         model, model_2, positive = _glue.character_conditioning(chooser.char, model, model_2, positive, clip,
@@ -341,6 +357,18 @@ class FaceFix(io.ComfyNode):
         out = torch.stack([torch.from_numpy(r) for r in res.images])
         masks = torch.stack([torch.from_numpy(m) for m in res.masks])
         return io.NodeOutput(out, masks, res.count, report, ui={"continuity_text": [report]})
+
+
+def _cast_fix(face_model, image, cast, **kw) -> io.NodeOutput:
+    """Face Fix with which = cast (see nodes.cast.face_fix_with_cast)."""
+    frames = [f.detach().cpu().float().numpy() for f in _common.split_images(image)]
+    if len({f.shape for f in frames}) != 1:
+        raise ContinuityError("the images have different sizes; send them as a list (one per run)", input="image")
+    images, masks, count, lines = face_fix_with_cast(face_model, frames, cast, **kw)
+    report = "\n".join(lines + [f"faces fixed: {count}"])
+    return io.NodeOutput(torch.stack([torch.from_numpy(r) for r in images]),
+                         torch.stack([torch.from_numpy(m) for m in masks]), count, report,
+                         ui={"continuity_text": [report]})
 
 
 def _face_choice(chooser, which: str, index: int):

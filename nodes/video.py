@@ -13,6 +13,7 @@ from ..continuity.scoring.similarity import POLICIES, get_face_detector
 from . import _common, _glue
 from ._types import CATEGORY, Character, FaceModel, Scores, Tracks, TrackStitch
 from ._types import Cast as CastType
+from .cast import as_cast
 from .scoring import POLICY_TOOLTIP, apply_character_thresholds, character_of, references_for, to_uint8_list
 
 
@@ -195,13 +196,6 @@ def _cast_scoring(cast, face_model):
     return (lambda e: similarity_matrix(e, ids)), [i.threshold for i in ids], cast.names, embed
 
 
-def _as_cast(value):
-    from ..continuity.cast import Cast
-    if value is None or isinstance(value, Cast) or type(value).__name__ == "Cast":
-        return value
-    raise ContinuityError(f"expected a CAST (Make Cast or Load Cast), got {type(value).__name__}", input="cast")
-
-
 def run_tracking(frames: torch.Tensor, face_model, cast, *, min_face: int = 24, max_gap: int = 5,
                  samples: int = 8, cut_threshold: float = 0.35, progress=None):
     from ..continuity.tracks import track_faces
@@ -365,7 +359,7 @@ class FaceTracks(io.ComfyNode):
         def progress(i, n):
             _glue.throw_if_interrupted()
             pbar.update_absolute(i, n)
-        ts = run_tracking(frames, face_model, _as_cast(cast), min_face=min_face, max_gap=max_gap, samples=samples,
+        ts = run_tracking(frames, face_model, as_cast(cast), min_face=min_face, max_gap=max_gap, samples=samples,
                           cut_threshold=cut_threshold, progress=progress)
         report = "\n".join(ts.describe())
         return io.NodeOutput(ts, _draw_tracks(frames, ts), report, ui={"continuity_text": [report]})
@@ -562,7 +556,7 @@ class VideoFaceFix(io.ComfyNode):
         import comfy.utils
         from ..continuity.tracks.fix import fix_shot, plan_crops
         frames = _check_frames(frames)
-        cast = _as_cast(cast)
+        cast = as_cast(cast)
         if which == "cast" and cast is None:
             raise ContinuityError("which is 'cast' but no cast is connected: connect Make Cast / Load Cast, or "
                                   "choose all", input="cast")
@@ -680,7 +674,7 @@ class FlickerReport(io.ComfyNode):
             raise ContinuityError(f"before is {tuple(before.shape)} and after {tuple(after.shape)}; give the same "
                                   "frames before and after the fix", input="after")
         ts = _as_tracks(tracks, before)
-        cast = _as_cast(cast)
+        cast = as_cast(cast)
         score, _, names, embed = _cast_scoring(cast, face_model)
         tracked = [t for t in ts.tracks if t.id in ts.crops] or list(ts.tracks)
         results = []

@@ -189,3 +189,26 @@ def test_face_region_mask_with_a_cast(comfy, shot_folder):
     assert mask.shape == (N, H, W)
     assert float(mask[..., 160:].sum()) > 100 and float(mask[..., :150].sum()) == 0    # only d's face (right)
     assert "vid_d: face #" in info and "unknown, left alone" in info
+
+
+def test_face_fix_with_a_cast(comfy, shot_folder):
+    folder, shot = shot_folder
+    g = _base(folder)
+    g["fr"]["inputs"]["limit"] = 1
+    g["cast"] = {"class_type": "ContinuityLoadCast", "inputs": {"names": "vid_d, vid_a"}}
+    g["fx"] = {"class_type": "ContinuityFaceFix",
+               "inputs": {"face_model": ["fm", 0], "image": ["fr", 0], "model": ["m", 0], "negative": ["n", 0],
+                          "vae": ["m", 2], "clip": ["m", 1], "prompt": "portrait", "which": "cast", "index": 0,
+                          "regions": "face", "grow": 5.0, "min_face": 16, "context": 1.5, "min_size": 32,
+                          "target_size": 64, "padding": "edge", "seed": 1, "steps": 1, "cfg": 4.0,
+                          "sampler_name": "euler", "scheduler": "normal", "denoise_1": 1.0, "denoise_2": 0.4,
+                          "feather": 4.5, "colour_match": False, "keep_only_if_better": False,
+                          "cast": ["cast", 0]}}
+    g["o"] = {"class_type": "PreviewImage", "inputs": {"images": ["fx", 0]}}
+    res = comfy.run(g)
+    out, mask, count, report = (res.value("fx", i) for i in range(4))
+    src = _frames(shot)[:1]
+    assert count == 2 and "vid_a_tw" in report and "vid_d_tw" in report
+    assert "vid_a: face #" in report and "vid_d: face #" in report
+    assert torch.equal(out[mask == 0], src[mask == 0]) and not torch.equal(out, src)
+    assert float(mask[..., :150].sum()) > 0 and float(mask[..., 160:].sum()) > 0    # both people's faces
