@@ -142,6 +142,21 @@ def load_raft(method: str, models_dir: str | None = None, device: str = "cpu", m
         return _raft_cache[key]
 
 
+#: RAFT's all-pairs correlation volume is (H/8 x W/8)^2 float32 per frame pair: 4 GB for a 1080p frame,
+#: 275 GB at 4096 x 4096. Past this many bytes the flow must be computed on smaller copies (max_side).
+MAX_RAFT_CORRELATION_BYTES = 2 * 1024 ** 3
+
+
+def _check_raft_size(h: int, w: int) -> None:
+    H, W = max(128, (h + 7) // 8 * 8), max(128, (w + 7) // 8 * 8)
+    need = ((H // 8) * (W // 8)) ** 2 * 4
+    if need > MAX_RAFT_CORRELATION_BYTES:
+        longest = int(max(h, w) * (MAX_RAFT_CORRELATION_BYTES / need) ** 0.25) // 8 * 8
+        raise ContinuityError(f"RAFT on {w}x{h} frames needs a {need / 1024 ** 3:.1f} GB correlation volume "
+                              f"(at most {MAX_RAFT_CORRELATION_BYTES / 1024 ** 3:.0f} GB); set max_side to at most "
+                              f"{longest}, or use farneback / dis", input="max_side")
+
+
 def _flow_raft(frames: list[np.ndarray], net, device: str = "cpu", iters: int = 12) -> list[np.ndarray]:
     import torch
     out = []
@@ -185,6 +200,7 @@ def flows(frames: list[np.ndarray], method: str = "farneback", *, max_side: int 
     h, w = frames[0].shape[:2]
     scale = min(1.0, max_side / max(h, w)) if max_side and max_side > 0 else 1.0
     if method.startswith("raft"):
+        _check_raft_size(round(h * scale), round(w * scale))
         net = load_raft(method, models_dir, device, raft_model)
         small = [_resize(as_uint8_rgb(f), scale) for f in frames]
         res = _flow_raft(small, net, device)

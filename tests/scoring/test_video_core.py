@@ -114,3 +114,15 @@ def test_identity_over_frames(faces_dir):
     assert res.id_consistency_loss == pytest.approx(1 - np.mean(vals))
     d = res.to_dict()
     assert d["frames"] == 4 and d["frames_with_face"] == 3
+
+
+def test_raft_correlation_volume_is_bounded_before_any_model_runs():
+    # RAFT's correlation is (H/8 x W/8)^2 floats per pair: 4 GB at 1080p, 275 GB at 4096^2 (max_side allows
+    # 4096): refused from the frame size, naming max_side, before the network is loaded or run
+    frames = [np.zeros((1080, 1920, 3), np.uint8)] * 2
+    never = type("Never", (), {"eval": lambda self: pytest.fail("the network was used")})()
+    with pytest.raises(ContinuityError, match="max_side") as err:
+        video.motion_intensity(frames, "raft_small", raft_model=never, max_side=0, cap=None)
+    assert err.value.input == "max_side"
+    limit = int(str(err.value).split("max_side to at most ")[-1].split(",")[0])
+    assert 512 <= limit < 1920                       # the advice: a size that fits, the default 512 included
